@@ -1,0 +1,27 @@
+# Two entry points: `make demo` runs the main job on the bundled example, `make test` runs the tests.
+# Both create the virtual environment on first use. torch==2.13.0 is installed first: on the CPU
+# machines it is a local CPU build, and it keeps pip from pulling a multi-GB CUDA torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m hrsam segment --out outputs/example
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not gpu and not trt"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

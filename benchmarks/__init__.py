@@ -1,0 +1,1 @@
+"""Speed measurements (run on the GPU machine); results go to docs/BENCHMARKS.md."""

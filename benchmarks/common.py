@@ -1,0 +1,41 @@
+"""Timing helpers shared by the benchmark scripts: CUDA events, warm-up, median of N."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+
+import torch
+
+
+def cuda_median_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 20) -> float:
+    """Median wall time of ``fn`` on the current CUDA stream, in milliseconds.
+
+    Each call is bracketed by its own pair of events so the median discards outliers
+    (clock ramp-up, allocator growth) instead of averaging them in.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def environment() -> str:
+    """One line naming the card and software, printed with every table."""
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    return f"card: {card}; torch {torch.__version__}; CUDA {torch.version.cuda}; Python {platform.python_version()}"
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

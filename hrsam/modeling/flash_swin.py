@@ -1,0 +1,118 @@
+"""Flash Swin attention (paper section 3.3) with KV-only padding (section 3.4).
+
+Window attention with plain or shifted windows is computed as: qkv projection of the real
+tokens, gather queries into window order and keys/values into (padded) window order, 2D RoPE at
+each slot's canvas position, ONE ``hrsam::varlen_attention`` call, inverse gather, projection.
+No cyclic roll and no O(N^2) mask.
+
+Padding modes (what border windows' missing slots hold):
+
+* ``"token"`` (default, the authors' variant): one learnable token (1, C) per layer, appended
+  after the block's LayerNorm and projected by ``qkv``, so padded slots hold ``K = W_k p + b_k``,
+  ``V = W_v p + b_v`` with RoPE at the slot's position. Needed to load the authors' weights.
+* ``"kv"``: the paper's literal form, one learnable key and value vector (1, 2C) after the
+  projection (RoPE applied to the key at the slot's position as well).
+* ``"none"``: border windows are simply shorter (variable-length windows). With shift k/2 this is
+  exactly traditional Swin attention (cyclic shift + mask), which the tests prove.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from hrsam.modeling.rope import apply_rope, rope_tables
+from hrsam.modeling.window_plan import WindowPlan
+from hrsam.ops.varlen_attention import varlen_attention
+
+PaddingMode = Literal["token", "kv", "none"]
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionLayout:
+    """A window plan moved to a device, with its RoPE tables: what one attention layer consumes.
+
+    Built once per input size; every tensor here becomes a constant of an exported graph.
+    """
+
+    plan: WindowPlan
+    q_index: Tensor
+    q_inverse: Tensor
+    kv_index: Tensor
+    cu_seqlens_q: Tensor
+    cu_seqlens_k: Tensor
+    q_cos: Tensor
+    q_sin: Tensor
+    k_cos: Tensor
+    k_sin: Tensor
+
+    @classmethod
+    def build(
+        cls, plan: WindowPlan, head_dim: int, device: torch.device | str, rope_theta: float = 10000.0
+    ) -> AttentionLayout:
+        q_cos, q_sin = rope_tables(plan.q_coords, head_dim, rope_theta)
+        k_cos, k_sin = rope_tables(plan.kv_coords, head_dim, rope_theta)
+        tensors = {
+            "q_index": plan.q_index,
+            "q_inverse": plan.q_inverse,
+            "kv_index": plan.kv_index,
+            "cu_seqlens_q": plan.cu_seqlens_q,
+            "cu_seqlens_k": plan.cu_seqlens_k,
+            "q_cos": q_cos,
+            "q_sin": q_sin,
+            "k_cos": k_cos,
+            "k_sin": k_sin,
+        }
+        return cls(plan=plan, **{name: t.to(device) for name, t in tensors.items()})
+
+
+class FlashSwinAttention(nn.Module):
+    """Multi-head window attention over a packed token sequence, driven by an AttentionLayout."""
+
+    def __init__(self, dim: int, num_heads: int, padding: PaddingMode = "token") -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if padding not in ("token", "kv", "none"):
+            raise ValueError(f"padding must be 'token', 'kv' or 'none', got {padding!r}")
+        self.dim, self.num_heads, self.padding_mode = dim, num_heads, padding
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if padding == "token":
+            self.padding = nn.Parameter(torch.zeros(1, dim))
+        elif padding == "kv":
+            self.padding_kv = nn.Parameter(torch.zeros(1, 2 * dim))
+
+    def _padding_kv(self) -> Tensor | None:
+        """Key/value row of the padding slot, or None without padding."""
+        if self.padding_mode == "token":
+            return self.qkv(self.padding)[:, self.dim :]
+        if self.padding_mode == "kv":
+            return self.padding_kv
+        return None
+
+    def forward(self, x: Tensor, layout: AttentionLayout) -> Tensor:
+        """x [T, C] (tokens of all images and grids, raster order) -> [T, C]."""
+        plan = layout.plan
+        if x.dim() != 2 or x.shape[0] != plan.num_tokens or x.shape[1] != self.dim:
+            raise ValueError(f"expected tokens [{plan.num_tokens}, {self.dim}] for this layout, got {tuple(x.shape)}")
+        if plan.kv_padding != (self.padding_mode != "none"):
+            raise ValueError(f"layout built with kv_padding={plan.kv_padding} for padding mode {self.padding_mode!r}")
+        c, h, d = self.dim, self.num_heads, self.head_dim
+        qkv = self.qkv(x)
+        q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
+        kv = qkv[:, c:]
+        pad = self._padding_kv()
+        if pad is not None:
+            kv = torch.cat([kv, pad.to(kv.dtype)], dim=0)
+        k, v = kv.index_select(0, layout.kv_index).view(-1, 2, h, d).unbind(1)
+        q = apply_rope(q, layout.q_cos, layout.q_sin)
+        k = apply_rope(k, layout.k_cos, layout.k_sin)
+        out = varlen_attention(
+            q, k, v, layout.cu_seqlens_q, layout.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, d**-0.5
+        )
+        return self.proj(out.reshape(-1, c).index_select(0, layout.q_inverse))
