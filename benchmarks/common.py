@@ -39,3 +39,21 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def cuda_graph_median_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> float:
+    """Median time of replaying ``fn`` captured in a CUDA graph: the GPU work without launch overhead.
+
+    Small layers are bound by Python and kernel launches in eager mode; a graph shows what the
+    kernels themselves cost (what a TensorRT engine or torch.compile would approach).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return cuda_median_ms(graph.replay, warmup=warmup, iters=iters)

@@ -7,6 +7,8 @@ were neighbours before the roll. Grid sides must be multiples of the window.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +23,13 @@ def _partition(x: Tensor, k: int) -> Tensor:
 def _merge(x: Tensor, h: int, w: int, k: int) -> Tensor:
     x = x.reshape(h // k, w // k, k, k, *x.shape[2:]).transpose(1, 2)
     return x.reshape(h, w, *x.shape[4:])
+
+
+@functools.lru_cache(maxsize=16)
+def _window_mask(h: int, w: int, k: int, shift: int, device: torch.device) -> Tensor:
+    """[nW, 1, k*k, k*k] True where two tokens of a rolled window were neighbours (cached per device)."""
+    labels = _partition(_region_labels(h, w, k, shift), k)  # [nW, k*k]
+    return (labels[:, :, None] == labels[:, None, :])[:, None].to(device)
 
 
 def _region_labels(h: int, w: int, k: int, shift: int) -> Tensor:
@@ -50,10 +59,7 @@ def swin_window_attention(
     if shift:
         q, k, v = (torch.roll(t, shifts=(-shift, -shift), dims=(0, 1)) for t in (q, k, v))
     qw, kw, vw = (_partition(t, window).transpose(1, 2) for t in (q, k, v))  # [nW, H, k*k, D]
-    mask = None
-    if shift:
-        labels = _partition(_region_labels(h, w, window, shift).to(q.device), window)  # [nW, k*k]
-        mask = (labels[:, :, None] == labels[:, None, :])[:, None]
+    mask = _window_mask(h, w, window, shift, q.device) if shift else None
     if fused:
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=scale)
     else:
