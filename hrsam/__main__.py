@@ -1,0 +1,7 @@
+"""``python -m hrsam``: see ``hrsam.cli``."""
+
+import sys
+
+from hrsam.cli import main
+
+sys.exit(main())

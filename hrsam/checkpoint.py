@@ -1,0 +1,211 @@
+"""Checkpoints: our own safetensors files, and the authors' published (mmengine) checkpoints.
+
+Our format: a ``.safetensors`` file with the model's state dict and, in its metadata, the model
+config as JSON (``hrsam_config``), so ``load_checkpoint`` rebuilds the right model without
+being told which one it is.
+
+The authors' format: an mmengine checkpoint ``{"meta": ..., "state_dict": {...}}`` whose keys are
+``backbone.*`` (HRSAMViT / HRSAMPlusPlusViT), ``neck.*`` (their SAMPromptEncoder) and
+``decode_head.*`` (their SAMDecoder), see their ``configs/hrsam/*.py``. ``AUTHOR_KEY_RULES`` is the
+explicit table from their names to ours; ``load_authors_checkpoint`` applies it and reports what is
+missing, unexpected and ignored (loss modules have no weights we use).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from hrsam.modeling.configs import ModelConfig
+from hrsam.modeling.cycle_scan import AUTHOR_KEY_MAP as SCAN_KEY_MAP
+from hrsam.modeling.interactive import HRSAMInteractive
+
+FORMAT = "hrsam"
+FORMAT_VERSION = "1"
+
+_SCAN_SUFFIX = r"(.+)"
+
+# (authors' key pattern, our key template); Cycle-scan suffixes go through SCAN_KEY_MAP (the
+# Cycle-scan module's own table: renamed suffixes only, the others keep their names).
+AUTHOR_KEY_RULES: list[tuple[str, str]] = [
+    (r"backbone\.patch_embed\.proj\.(weight|bias)", r"encoder.patch_embed.\1"),
+    (r"backbone\.pos_embed", r"encoder.pos_embed"),
+    (r"backbone\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"encoder.blocks.\1.\2.\3"),
+    (r"backbone\.blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"encoder.blocks.\1.attn.\2.\3"),
+    (r"backbone\.blocks\.(\d+)\.attn\.padding", r"encoder.blocks.\1.attn.padding"),
+    (r"backbone\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.blocks.\1.mlp.\2.\3"),
+    (r"backbone\.mamba_blocks\.(\d+)\." + _SCAN_SUFFIX, r"encoder.scans.\1.{scan}"),
+    (r"backbone\.ss_mamba_blocks\.(\d+)\." + _SCAN_SUFFIX, r"encoder.scans.\1.{scan}"),
+    (r"backbone\.ms_mamba_blocks\.(\d+)\." + _SCAN_SUFFIX, r"encoder.ms_scans.\1.{scan}"),
+    (r"backbone\.multi_scale_fusion\.(\d+)\.0\.(weight|bias)", r"encoder.fusion_norms.\1.\2"),
+    (r"backbone\.lateral_convs\.(\d+)\.0\.weight", r"encoder.neck.laterals.\1.proj.weight"),
+    (r"backbone\.lateral_convs\.(\d+)\.1\.(weight|bias)", r"encoder.neck.laterals.\1.norm.\2"),
+    (r"backbone\.out_conv\.0\.weight", r"encoder.neck.conv.weight"),
+    (r"backbone\.out_conv\.2\.(weight|bias)", r"encoder.neck.norm.\1"),
+    (
+        r"neck\.pos_embed_layer\.positional_encoding_gaussian_matrix",
+        r"decoder.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    ),
+    (r"neck\.point_embeds\.(\d+)\.weight", r"decoder.prompt_encoder.point_embeddings.\1.weight"),
+    (r"neck\.(not_a_point_embed|no_mask_embed)\.weight", r"decoder.prompt_encoder.\1.weight"),
+    (r"neck\.mask_downscaling\.(\d+)\.(weight|bias)", r"decoder.prompt_encoder.mask_downscaling.\1.\2"),
+    (
+        r"decode_head\.((?:iou_token|mask_tokens|transformer|output_upscaling|output_hypernetworks_mlps"
+        r"|iou_prediction_head)\..+)",
+        r"decoder.mask_decoder.\1",
+    ),
+]
+
+# Keys of training-only modules (losses, metrics, data preprocessor): reported, never loaded.
+IGNORED_AUTHOR_KEYS = re.compile(r"(decode_head\.loss_decode|losses|metric|data_preprocessor)\.")
+
+
+@dataclass
+class LoadReport:
+    """Outcome of loading the authors' weights: our keys not provided, their keys not used."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def __str__(self) -> str:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        return (
+            f"missing {len(self.missing)}: [{show(self.missing)}]; unexpected {len(self.unexpected)}: "
+            f"[{show(self.unexpected)}]; ignored {len(self.ignored)} training-only keys"
+        )
+
+
+def map_author_key(key: str) -> str | None:
+    """Our parameter name for one of the authors' keys, or None if no rule matches."""
+    for pattern, template in AUTHOR_KEY_RULES:
+        match = re.fullmatch(pattern, key)
+        if match is None:
+            continue
+        if "{scan}" in template:
+            suffix = match.group(2)
+            return match.expand(template.replace("{scan}", SCAN_KEY_MAP.get(suffix, suffix)))
+        return match.expand(template)
+    return None
+
+
+def map_authors_state_dict(
+    state_dict: Mapping[str, Tensor], model_keys: Mapping[str, torch.Size]
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Rename the authors' tensors to our names and check shapes against ``model_keys`` (name -> shape).
+
+    Raises ValueError for shape mismatches (e.g. an HRSAM++ checkpoint into an HRSAM model).
+    """
+    mapped: dict[str, Tensor] = {}
+    report = LoadReport()
+    mismatched = []
+    for key, tensor in state_dict.items():
+        if IGNORED_AUTHOR_KEYS.match(key):
+            report.ignored.append(key)
+            continue
+        ours = map_author_key(key)
+        if ours is None or ours not in model_keys:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(model_keys[ours]):
+            mismatched.append(f"{key} {tuple(tensor.shape)} -> {ours} {tuple(model_keys[ours])}")
+        else:
+            mapped[ours] = tensor
+    if mismatched:
+        raise ValueError(
+            "checkpoint shapes do not fit this model (wrong config? HRSAM vs HRSAM++, vit_b vs tiny): "
+            + "; ".join(mismatched[:8])
+        )
+    report.missing = [key for key in model_keys if key not in mapped]
+    return mapped, report
+
+
+def load_authors_checkpoint(
+    model: HRSAMInteractive, checkpoint: Mapping[str, object] | str | Path, strict: bool = False
+) -> LoadReport:
+    """Load the authors' published weights into ``model`` through ``AUTHOR_KEY_RULES``.
+
+    ``checkpoint``: their mmengine dict (with ``state_dict``), a bare state dict, or a file path
+    (read with ``weights_only=True``). With ``strict`` a missing or unexpected key raises.
+    """
+    if isinstance(checkpoint, str | Path):
+        checkpoint = _read_torch_checkpoint(Path(checkpoint))
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise ValueError("expected the authors' checkpoint: a dict of tensors or {'state_dict': {...}}")
+    ours = model.state_dict()
+    mapped, report = map_authors_state_dict(state_dict, {k: v.shape for k, v in ours.items()})
+    if strict and not report.complete:
+        raise ValueError(f"authors' checkpoint does not cover this model exactly: {report}")
+    with torch.no_grad():
+        for key, tensor in mapped.items():
+            ours[key].copy_(tensor)
+    return report
+
+
+def _read_torch_checkpoint(path: Path) -> Mapping[str, object]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with what to do
+        raise ValueError(
+            f"could not read {path} with torch.load(weights_only=True) ({error}). If you trust the "
+            "file, load it yourself with weights_only=False and pass checkpoint['state_dict']"
+        ) from error
+
+
+def save_checkpoint(model: HRSAMInteractive, path: str | Path) -> None:
+    """Write the weights and config of ``model`` to a safetensors file."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "hrsam_config": json.dumps(model.config.to_dict()),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """The model config stored in one of our safetensors checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+    if metadata.get("format") != FORMAT or "hrsam_config" not in metadata:
+        raise ValueError(
+            f"{path} is not an hrsam safetensors checkpoint (no hrsam_config metadata); for the authors' "
+            "checkpoints use load_authors_checkpoint"
+        )
+    return ModelConfig.from_dict(json.loads(metadata["hrsam_config"]))
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> HRSAMInteractive:
+    """Rebuild the model stored in ``path`` (config from its metadata) with its weights, in eval mode."""
+    config = read_config(path)
+    model = HRSAMInteractive(config)
+    state_dict = {}
+    with safe_open(str(path), framework="pt", device="cpu") as file:
+        for key in file.keys():  # noqa: SIM118 - safe_open has no __iter__
+            state_dict[key] = file.get_tensor(key)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not match config {config.name!r}: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+    return model.to(device).eval()

@@ -1,0 +1,123 @@
+"""Cycle-scan module (paper 3.5; SPEC section 1): a Mamba-style selective scan over the tokens.
+
+The token sequence (global raster order) is tiled ``repeats`` times and scanned once, so every
+token's state has seen the whole image by the last copy; the copies' outputs are mixed by a
+learnable per-channel weight ``gamma``. No conv1d, expand 1, one group, state size N.
+
+HRSAM++ uses this one class twice per stage: the per-scale scan passes ``segments`` (token
+counts of the main map and the 512-px anchor map, each scanned on its own) and the multi-scale
+scan calls it without segments over the concatenated sequence. The two differ only in how the
+sequence is cut, so no second class is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hrsam.ops.selective_scan import selective_scan
+
+# The authors' parameter names (suffix after the module prefix) -> ours. Everything not listed
+# keeps its name: in_norm.*, ssm_proj.*, gamma, out_norm.*, out_proj.*.
+AUTHOR_KEY_MAP: dict[str, str] = {
+    "in_proj.0.weight": "in_proj.weight",
+    "in_proj.0.bias": "in_proj.bias",
+    "ssm_proj_bias": "dt_bias",
+    "As_log": "A_log",
+    "Ds": "D",
+}
+
+
+def inverse_softplus_dt(
+    dim: int, dt_min: float, dt_max: float, dt_init_floor: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (floored), as Mamba."""
+    log_dt = torch.rand(dim, generator=generator) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class CycleScan(nn.Module):
+    """x [batch, L, dim] -> x + out_proj(z * out_norm(scan(x))), same shape and dtype.
+
+    Parameters (fp32 for the scan ones): in_norm, in_proj (dim -> 2 dim, SiLU after), ssm_proj
+    (dim -> dim + 2 N: dt, B, C), dt_bias [dim], A_log [dim, N] (S4D-real log(1..N)), D [dim]
+    (ones), gamma [dim, repeats, 1] (ones), out_norm, out_proj (dim -> dim).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        state_dim: int = 32,
+        repeats: int = 3,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.state_dim = state_dim
+        self.repeats = repeats
+        self.in_norm = nn.LayerNorm(dim)
+        self.in_proj = nn.Linear(dim, 2 * dim)
+        self.ssm_proj = nn.Linear(dim, dim + 2 * state_dim)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(dim, dt_min, dt_max, dt_init_floor))
+        self.A_log = nn.Parameter(torch.arange(1, state_dim + 1, dtype=torch.float32).log().repeat(dim, 1))
+        self.D = nn.Parameter(torch.ones(dim))
+        self.gamma = nn.Parameter(torch.ones(dim, repeats, 1))
+        self.out_norm = nn.LayerNorm(dim)
+        self.out_proj = nn.Linear(dim, dim)
+        # Like Mamba: the dt rows of ssm_proj start small and uniform, the bias at zero (the dt
+        # offset lives in dt_bias); A_log and D are excluded from weight decay by optimisers
+        # that honour the flag.
+        with torch.no_grad():
+            bound = dim**-0.5
+            self.ssm_proj.weight[:dim].uniform_(-bound, bound)
+            self.ssm_proj.bias.zero_()
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def forward(self, x: Tensor, segments: Sequence[int] | None = None) -> Tensor:
+        """Scan the whole sequence, or each of ``segments`` (token counts summing to L) alone."""
+        length = x.shape[1]
+        if segments is not None and sum(segments) != length:
+            raise ValueError(f"CycleScan: segments {list(segments)} sum to {sum(segments)}, not L={length}")
+        xz = F.silu(self.in_proj(self.in_norm(x)))
+        u, z = xz.chunk(2, dim=-1)
+        ssm = self.ssm_proj(u)
+        if segments is None or len(segments) == 1:
+            y = self._scan(u, ssm)
+        else:
+            pieces = zip(u.split(list(segments), dim=1), ssm.split(list(segments), dim=1), strict=True)
+            y = torch.cat([self._scan(u_part, ssm_part) for u_part, ssm_part in pieces], dim=1)
+        y = self.out_norm(y.to(self.out_norm.weight.dtype))
+        return x + self.out_proj(z * y)
+
+    def _scan(self, u: Tensor, ssm: Tensor) -> Tensor:
+        """One tiled scan: [batch, Ls, dim] -> gamma-weighted sum over the copies, [batch, Ls, dim].
+
+        The scan runs in float32 (float64 for float64 modules, which the tests use).
+        """
+        batch, length, dim = u.shape
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        dt, B, C = ssm.split([dim, self.state_dim, self.state_dim], dim=-1)
+
+        def tiled(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, repeats * Ls], copy-major
+            return t.transpose(1, 2).to(dtype).repeat(1, 1, self.repeats)
+
+        y = selective_scan(
+            tiled(u),
+            tiled(dt),
+            -torch.exp(self.A_log.to(dtype)),
+            tiled(B),
+            tiled(C),
+            self.D.to(dtype),
+            self.dt_bias.to(dtype),
+            delta_softplus=True,
+        )
+        y = (y.view(batch, dim, self.repeats, length) * self.gamma.to(dtype)).sum(dim=2)
+        return y.transpose(1, 2)

@@ -1,0 +1,191 @@
+"""HRSAM and HRSAM++ image encoders (SPEC section 1; paper sections 3 and 3.6).
+
+Forward order, as the authors' implementation (so their checkpoints give the same result):
+
+1. 16 x 16 patch embedding plus the 14 x 14 MAE position embedding bilinearly resized to the token
+   grid (its cls slot is kept for checkpoint compatibility and unused);
+2. HRSAM++ only: the padded input is also bilinearly resized (align_corners=False, no antialias)
+   to the square anchor image and embedded by the same layers; both token sequences are
+   concatenated (main first) and processed as one packed sequence;
+3. blocks 0..depth-1, Flash Swin attention with plain windows in even blocks and windows shifted
+   by window // 2 in odd blocks, KV-only padding with the authors' padding token, 2D RoPE;
+   a Cycle-scan before the last block of each stage (per scale for HRSAM++), and for HRSAM++ a
+   multi-scale Cycle-scan over the whole sequence after it;
+4. stage outputs: the main grid (HRSAM), or main and anchor tokens (anchor bilinearly upsampled
+   to the main grid), a LayerNorm shared by both scales and channel concatenation (HRSAM++);
+5. the neck (``hrsam.modeling.neck``).
+
+Index plans, cu_seqlens and RoPE tables (``AttentionLayout``) are built once per (input size,
+batch, device) and cached, so a fixed-size forward does no index construction and ``torch.export``
+sees them as constants. Any input size that is a multiple of 16 works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hrsam.modeling.configs import EncoderConfig
+from hrsam.modeling.cycle_scan import CycleScan
+from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention
+from hrsam.modeling.neck import Neck
+from hrsam.modeling.window_plan import window_plan
+
+Grid = tuple[int, int]
+# Sizes whose layouts stay cached; the pair for a 2048 input holds ~40 MB of indices and RoPE tables.
+MAX_CACHED_LAYOUTS = 8
+
+
+class MLP(nn.Module):
+    """Transformer feed-forward: Linear -> GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with Flash Swin window attention on packed tokens [T, C]."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = FlashSwinAttention(dim, num_heads, padding="token")
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, layout: AttentionLayout) -> Tensor:
+        x = x + self.attn(self.norm1(x), layout)
+        return x + self.mlp(self.norm2(x))
+
+
+class HRSAMEncoder(nn.Module):
+    """HRSAM (``config.anchor_size`` None) or HRSAM++ (anchor image of that size) encoder.
+
+    Input: [B, 3, H, W] normalised, padded images, H and W multiples of the patch size.
+    Output: [B, out_dim, H / 16, W / 16].
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, stages = config.embed_dim, len(config.stage_ends)
+        self.patch_embed = nn.Conv2d(3, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.pretrain_grid**2, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.scans = nn.ModuleList(self._scan() for _ in range(stages))
+        if config.multi_scale:
+            self.ms_scans = nn.ModuleList(self._scan() for _ in range(stages))
+            self.fusion_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(stages))
+        scales = 2 if config.multi_scale else 1
+        self.neck = Neck(scales * dim, config.out_dim, stages)
+        self._layouts: dict[tuple, tuple[AttentionLayout, AttentionLayout]] = {}
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def _scan(self) -> CycleScan:
+        return CycleScan(self.config.embed_dim, state_dim=self.config.state_dim, repeats=self.config.scan_repeats)
+
+    def grids(self, height: int, width: int) -> tuple[Grid, ...]:
+        """Token grids of one image: the main grid, then the anchor grid for HRSAM++."""
+        patch = self.config.patch_size
+        if height <= 0 or width <= 0 or height % patch or width % patch:
+            raise ValueError(
+                f"input size {height} x {width} must be positive multiples of {patch}; resize and pad "
+                "the image first (HRSAMPredictor does)"
+            )
+        grids: tuple[Grid, ...] = ((height // patch, width // patch),)
+        if self.config.anchor_size is not None:
+            side = self.config.anchor_size // patch
+            grids += ((side, side),)
+        return grids
+
+    def prepare(self, height: int, width: int, batch: int = 1, device: torch.device | str = "cpu") -> None:
+        """Build and cache the attention layouts for this input size (done by the first forward).
+
+        Call it before ``torch.export`` / ``torch.compile`` so the layouts are constants there.
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # the key must match inputs' "cuda:N"
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._layout_pair(self.grids(height, width), batch, device)
+
+    def _layout_pair(
+        self, grids: tuple[Grid, ...], batch: int, device: torch.device
+    ) -> tuple[AttentionLayout, AttentionLayout]:
+        """(plain, shifted) layouts for these grids, built once per (grids, batch, device)."""
+        key = (grids, batch, str(device))
+        if key not in self._layouts:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(
+                    f"no attention layout for grids {grids}, batch {batch} on {device}: call "
+                    "encoder.prepare(height, width, batch, device) before torch.export / torch.compile"
+                )
+            if len(self._layouts) >= MAX_CACHED_LAYOUTS:  # drop the oldest size (dicts keep order)
+                del self._layouts[next(iter(self._layouts))]
+            window, head_dim = self.config.window, self.config.head_dim
+            self._layouts[key] = tuple(
+                AttentionLayout.build(window_plan(grids, window, shift, True, batch), head_dim, device)
+                for shift in (0, window // 2)
+            )
+        return self._layouts[key]
+
+    def _embed(self, images: Tensor) -> Tensor:
+        """Patch embedding + resized position embedding -> tokens [B, h * w, C] in raster order."""
+        x = self.patch_embed(images)
+        side = self.config.pretrain_grid
+        pos = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        if tuple(x.shape[-2:]) != (side, side):
+            pos = F.interpolate(pos, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+        return (x + pos.to(x.dtype)).flatten(2).transpose(1, 2)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        batch, height, width = int(images.shape[0]), int(images.shape[2]), int(images.shape[3])
+        grids = self.grids(height, width)
+        plain, shifted = self._layout_pair(grids, batch, images.device)
+        tokens = [self._embed(images)]
+        if self.config.anchor_size is not None:
+            size = (self.config.anchor_size, self.config.anchor_size)
+            tokens.append(self._embed(F.interpolate(images, size=size, mode="bilinear", align_corners=False)))
+        x = torch.cat(tokens, dim=1)
+        channels = x.shape[-1]
+        lengths = [h * w for h, w in grids]
+        segments = lengths if self.config.multi_scale else None
+        x = x.reshape(-1, channels)
+        features = []
+        for i, block in enumerate(self.blocks):
+            stage = self._stage_of(i)
+            if stage is not None:
+                x = self.scans[stage](x.view(batch, -1, channels), segments).reshape(-1, channels)
+            x = block(x, plain if i % 2 == 0 else shifted)
+            if stage is not None:
+                if self.config.multi_scale:
+                    x = self.ms_scans[stage](x.view(batch, -1, channels)).reshape(-1, channels)
+                features.append(self._stage_output(x.view(batch, -1, channels), grids, stage))
+        return self.neck(features)
+
+    def _stage_of(self, block: int) -> int | None:
+        """Index of the stage that ``block`` ends, or None."""
+        ends = self.config.stage_ends
+        return ends.index(block) if block in ends else None
+
+    def _stage_output(self, x: Tensor, grids: tuple[Grid, ...], stage: int) -> Tensor:
+        """[B, L, C] -> channels-last stage feature [B, h, w, C] (HRSAM) or [B, h, w, 2C] (HRSAM++)."""
+        (h, w) = grids[0]
+        main = x[:, : h * w].unflatten(1, (h, w))
+        if not self.config.multi_scale:
+            return main
+        ah, aw = grids[1]
+        anchor = x[:, h * w :].unflatten(1, (ah, aw)).permute(0, 3, 1, 2)
+        anchor = F.interpolate(anchor, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        norm = self.fusion_norms[stage]
+        return torch.cat([norm(main), norm(anchor)], dim=-1)
