@@ -12,7 +12,8 @@ median of repeated runs after warm-up (CUDA events), and reports:
 - the kernel's time as a multiple of the larger bound.
 
 ``--sweep`` also times a grid of Triton launch configurations (channels per program, warps,
-target warps per SM) so the best one can be fixed in ``triton_kernel.DEFAULT_CONFIG``.
+target warps per SM) so the best one can be fixed in ``triton_kernel.DEFAULT_CONFIG`` (float32)
+and ``DEFAULT_CONFIG_16BIT``.
 Results go to stdout and, with ``--out``, to a JSON file and a Markdown table next to it.
 
 Run on the GPU machine: ``PYTHONPATH=. python benchmarks/selective_scan.py --out scan.json``.
@@ -32,7 +33,12 @@ import triton
 
 from hrsam.ops.selective_scan import mamba_backend, selective_scan_backward
 from hrsam.ops.selective_scan.reference import selective_scan_chunked
-from hrsam.ops.selective_scan.triton_kernel import DEFAULT_CONFIG, ScanConfig, selective_scan_triton
+from hrsam.ops.selective_scan.triton_kernel import (
+    DEFAULT_CONFIG,
+    DEFAULT_CONFIG_16BIT,
+    ScanConfig,
+    selective_scan_triton,
+)
 
 MUFU_EX2_PER_CLOCK_PER_SM = 16  # CUDA C programming guide, throughput table, cc 8.x/9.0
 FALLBACK_SM_CLOCK_MHZ = 1980.0  # H100/H200 SXM maximum boost, used when nvidia-smi cannot tell
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         "sms": props.multi_processor_count, "sm_clock_mhz": clock_mhz, "clock_source": clock_source,
         "mufu_ex2_per_s": mufu, "copy_bandwidth_bytes_per_s": bandwidth,
         "mamba_ssm": mamba_backend.unavailable_reason() or "available",
-        "default_config": vars(DEFAULT_CONFIG),
+        "default_config": {"float32": vars(DEFAULT_CONFIG), "16-bit": vars(DEFAULT_CONFIG_16BIT)},
     }
     print(json.dumps(info, indent=1))
     rows, sweep_rows = [], []
