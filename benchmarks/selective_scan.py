@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 import triton
 
+from benchmarks.common import cuda_median_ms
 from hrsam.ops.selective_scan import mamba_backend, selective_scan_backward
 from hrsam.ops.selective_scan.reference import selective_scan_chunked
 from hrsam.ops.selective_scan.triton_kernel import (
@@ -50,26 +50,11 @@ SWEEP = [
 ]
 
 
-def time_ms(fn: Callable[[], object], warmup: int, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read and written (1 GiB copy)."""
     src = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
+    ms = cuda_median_ms(lambda: dst.copy_(src), warmup=3, iters=20)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
@@ -121,7 +106,7 @@ def backward_ms(inputs: tuple) -> float:
     """Time of the operator's backward alone (mamba-ssm if present, else the chunked reference)."""
     grad = torch.randn_like(inputs[0])
     needs = (True,) * 7
-    return time_ms(lambda: selective_scan_backward(grad, inputs, True, needs), warmup=1, reps=3)
+    return cuda_median_ms(lambda: selective_scan_backward(grad, inputs, True, needs), warmup=1, iters=3)
 
 
 def bench_shape(
@@ -138,7 +123,7 @@ def bench_shape(
     for name, (fn, warmup, reps) in backends(inputs).items():
         if name == "reference" and args.skip_reference:
             continue
-        ms = time_ms(fn, warmup, reps)
+        ms = cuda_median_ms(fn, warmup=warmup, iters=reps)
         rows.append({**shape, "backend": name, "ms": ms, "GB_per_s": nbytes / ms / 1e6, "x_bound": ms / bound_ms})
         print(f"L={seqlen:6d} {dtype_name:9s} {name:10s} {ms:9.3f} ms  "
               f"{nbytes / ms / 1e6:7.1f} GB/s  {ms / bound_ms:5.2f} x bound ({bound_ms:.3f} ms)")
@@ -148,7 +133,7 @@ def bench_shape(
         print(f"L={seqlen:6d} {dtype_name:9s} backward   {ms:9.3f} ms")
     for config in SWEEP if args.sweep else []:
         try:
-            ms = time_ms(lambda c=config: selective_scan_triton(*inputs, True, config=c), 5, 30)
+            ms = cuda_median_ms(lambda c=config: selective_scan_triton(*inputs, True, config=c), warmup=5, iters=30)
         except Exception as error:  # one failing configuration must not end the sweep
             print(f"  sweep {config}: failed: {type(error).__name__}: {error}")
             continue

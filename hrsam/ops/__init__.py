@@ -5,6 +5,7 @@ models trace and export with the irregular operations as single nodes.
 """
 
 from hrsam.ops.backend import available_backends, use_backend
+from hrsam.ops.selective_scan import selective_scan
 from hrsam.ops.varlen_attention import varlen_attention
 
-__all__ = ["available_backends", "use_backend", "varlen_attention"]
+__all__ = ["available_backends", "selective_scan", "use_backend", "varlen_attention"]
