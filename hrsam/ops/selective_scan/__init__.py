@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
+from hrsam.ops.replay import replay_backward
 from hrsam.ops.selective_scan import mamba_backend
-from hrsam.ops.selective_scan.reference import compute_dtype, replay_backward, selective_scan_chunked
+from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
 
 __all__ = ["selective_scan", "selective_scan_backward"]
 
@@ -117,7 +118,7 @@ def selective_scan_backward(
     """Gradients of (u, delta, A, B, C, D, delta_bias) for ``needs``: mamba-ssm, else reference."""
     if _supports_mamba(*inputs) is None:
         return mamba_backend.backward(grad_out, inputs, delta_softplus, needs)
-    return replay_backward(selective_scan_chunked, grad_out, inputs, delta_softplus, needs)
+    return replay_backward(lambda *t: selective_scan_chunked(*t, delta_softplus), grad_out, inputs, needs)
 
 
 def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hrsam.ops.selective_scan.reference import replay_backward
+from hrsam.ops.replay import replay_backward
 
 # dtypes mamba-ssm's kernels are compiled for.
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -65,4 +65,4 @@ def backward(
     selective_scan_fn is an autograd Function, so its forward is replayed (cheap next to its
     backward) to give it the state it saves.
     """
-    return replay_backward(forward, grad_out, inputs, delta_softplus, needs)
+    return replay_backward(lambda *t: forward(*t, delta_softplus), grad_out, inputs, needs)

@@ -12,8 +12,6 @@ The state is carried in float32 (float64 when u is float64, which the tests use)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -143,23 +141,3 @@ def selective_scan_chunked(
         ys.append(y)
     y = torch.cat(ys, dim=-1) + D.to(dtype)[:, None] * u.to(dtype)
     return y.to(u.dtype)
-
-
-def replay_backward(
-    forward: Callable[..., torch.Tensor],
-    grad_out: torch.Tensor,
-    inputs: Sequence[torch.Tensor],
-    delta_softplus: bool,
-    needs: Sequence[bool],
-) -> tuple[torch.Tensor | None, ...]:
-    """Gradients of ``forward(*inputs, delta_softplus)`` wrt the inputs flagged in ``needs``.
-
-    The forward is replayed under autograd on detached copies, so a custom operator's backward
-    can reuse any differentiable implementation (the chunked reference, mamba-ssm's Function).
-    """
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(need) for t, need in zip(inputs, needs, strict=True)]
-        y = forward(*leaves, delta_softplus)
-        wanted = [leaf for leaf, need in zip(leaves, needs, strict=True) if need]
-        grads = iter(torch.autograd.grad(y, wanted, grad_out))
-    return tuple(next(grads) if need else None for need in needs)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
+from hrsam.ops.replay import replay_backward
 from hrsam.ops.varlen_attention.cuda import (
     torch_supports,
     torch_varlen_attention,
@@ -74,11 +75,13 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
 
 def _backward(ctx, grad: Tensor):  # noqa: ANN001, ANN202
     q, k, v, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = varlen_attention_reference(*leaves, cu_seqlens_q, cu_seqlens_k, *ctx.sizes)
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad)
-    return dq, dk, dv, None, None, None, None, None
+    grads = replay_backward(
+        lambda *qkv: varlen_attention_reference(*qkv, cu_seqlens_q, cu_seqlens_k, *ctx.sizes),
+        grad,
+        (q, k, v),
+        ctx.needs_input_grad[:3],
+    )
+    return (*grads, None, None, None, None, None)
 
 
 _varlen_attention_op.register_autograd(_backward, setup_context=_setup_context)
