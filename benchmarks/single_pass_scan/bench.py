@@ -1,0 +1,98 @@
+"""Correctness and latency of the single-pass CUDA scan experiment against the Triton kernel.
+
+First it checks the kernel against the float64 chunked reference on awkward shapes (L not a
+multiple of the tile, dim not a multiple of the block, N 4..32, batch > 1, softplus on and off,
+all three input dtypes; tolerances as in tests/test_selective_scan.py: max|y - y_ref| relative to
+max|y_ref| of 1e-4 fp32, 2e-3 fp16, 1.6e-2 bf16) and stops if one fails. Then it times the
+Triton kernel and a sweep of the experiment's configurations at the issue's sizes (batch 1,
+dim 768, N 32, L 3 x 4096 and 3 x 16384), median of CUDA-event timings after warm-up, and prints
+each time as a multiple of the exponential bound.
+
+Run on the GPU machine: ``PYTHONPATH=. python benchmarks/single_pass_scan/bench.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+
+from benchmarks.common import cuda_median_ms, environment
+from benchmarks.selective_scan import MUFU_EX2_PER_CLOCK_PER_SM, make_inputs, max_sm_clock_mhz
+from benchmarks.single_pass_scan.kernel import CudaScanConfig, selective_scan_cuda, unsupported_reason
+from hrsam.ops.selective_scan.reference import selective_scan_chunked
+from hrsam.ops.selective_scan.triton_kernel import selective_scan_triton
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+SHAPES = [(2, 37, 32, 1000), (1, 40, 16, 777), (2, 19, 8, 64), (1, 5, 4, 33), (1, 7, 32, 3), (3, 64, 32, 4096)]
+SWEEP = (
+    [CudaScanConfig(1, 32, warps, 8) for warps in (1, 2, 4)]
+    + [CudaScanConfig(2, 16, warps, 8) for warps in (1, 3, 4)]
+    + [CudaScanConfig(2, 16, 3, 0), CudaScanConfig(2, 32, 2, 8)]
+)
+
+
+def random_inputs(batch: int, dim: int, dstate: int, seqlen: int, dtype: torch.dtype) -> tuple:
+    """Inputs whose recurrence stays bounded with softplus on or off (positive dt, A < 0)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", generator=gen)
+
+    A = -torch.rand(dim, dstate, device="cuda", generator=gen) * 4 - 0.1
+    delta = (randn(batch, dim, seqlen) * 0.1).abs()
+    return (
+        randn(batch, dim, seqlen).to(dtype),
+        delta.to(dtype),
+        A,
+        randn(batch, dstate, seqlen).to(dtype),
+        randn(batch, dstate, seqlen).to(dtype),
+        randn(dim),
+        randn(dim).abs() * 0.1,
+    )
+
+
+def relative_error(y: torch.Tensor, inputs: tuple, softplus: bool) -> float:
+    ref = selective_scan_chunked(*[t.double() for t in inputs], softplus)
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def check_correctness() -> bool:
+    """Every sweep configuration on every shape, dtype and softplus setting; prints failures."""
+    ok = True
+    for config in SWEEP:
+        for shape in SHAPES:
+            for dtype in TOLERANCE:
+                for softplus in (True, False):
+                    inputs = random_inputs(*shape, dtype)
+                    if unsupported_reason(inputs[0], shape[2], config) is not None:
+                        continue
+                    err = relative_error(selective_scan_cuda(*inputs, softplus, config=config), inputs, softplus)
+                    if not err <= TOLERANCE[dtype]:
+                        ok = False
+                        print(f"FAIL {config} shape={shape} {dtype} softplus={softplus}: {err:.2e}")
+    return ok
+
+
+def main() -> None:
+    print(environment(), f"triton {triton.__version__}")
+    if not check_correctness():
+        sys.exit("single-pass kernel disagrees with the reference")
+    print("correct on all shapes, dtypes and configurations")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    clock_mhz, _ = max_sm_clock_mhz()
+    print("| L | dtype | kernel | ms | x exp bound |\n|---|---|---|---|---|")
+    for seqlen in (3 * 4096, 3 * 16384):
+        bound_ms = 768 * 32 * seqlen / (sms * MUFU_EX2_PER_CLOCK_PER_SM * clock_mhz * 1e6) * 1e3
+        for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            inputs = make_inputs(768, 32, seqlen, 1, dtype)
+            rows = [("triton (chunked)", lambda x=inputs: selective_scan_triton(*x, True))]
+            rows += [(str(c), lambda c=c, x=inputs: selective_scan_cuda(*x, True, config=c)) for c in SWEEP]
+            for name, fn in rows:
+                ms = cuda_median_ms(fn, warmup=10, iters=50)
+                print(f"| {seqlen} | {dtype_name} | {name} | {ms:.3f} | {ms / bound_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
