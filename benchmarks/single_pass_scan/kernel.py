@@ -1,9 +1,11 @@
 """Launcher of the single-pass CUDA scan experiment (``scan_kernel.cu``), compiled by NVRTC.
 
 This is a measured experiment, not a backend of ``hrsam::selective_scan``: on the H200 it is
-slower than the chunked Triton kernel (docs/BENCHMARKS.md, "Single-pass CUDA experiment"), so
-nothing in the package calls it. It is kept, runnable through ``bench.py``, because it is the
-design the issue's 2x target points at and the next attempt should start from its numbers.
+about 12% faster than the chunked Triton kernel per float32 call at L = 49152 but slower for
+bfloat16 and no better at L = 12288, and 3.9x the exponential bound, far from the 2x target
+(docs/BENCHMARKS.md, "Single-pass CUDA experiment"). Nothing in the package calls it. It is
+kept, runnable through ``bench.py``, because it is the design the 2x target points at and the
+next attempt should start from its numbers.
 
 Why CUDA C++ and not Triton for this design: it needs one recurrence per lane and a read-out
 that sums across lanes once per tile (a reduce-scatter over registers). Triton chooses register
@@ -33,15 +35,12 @@ _IN_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 class CudaScanConfig:
     """Compile-time shape of the kernel.
 
-    channels_per_lane: 1 or 2 (one B/C read serves that many channels); tile: time steps per
-    tile (a multiple of 4, with channels_per_lane * tile a multiple of N); warps: warps per block
-    (they share each B/C tile); prefetch: how many tiles ahead u and delta are prefetched into
-    L2 (0: off).
+    tile: time steps per tile (a multiple of 4 and of N); warps: warps per block (they share
+    each B/C tile); prefetch: how many tiles ahead u and delta are prefetched into L2 (0: off).
     """
 
-    channels_per_lane: int = 1
     tile: int = 32
-    warps: int = 4
+    warps: int = 2
     prefetch: int = 8
 
 
@@ -57,9 +56,8 @@ def unsupported_reason(u: Tensor, dstate: int, config: CudaScanConfig = DEFAULT_
         return "this PyTorch build has no CUDA (NVRTC) support"
     if u.dtype not in _IN_KIND:
         return f"{u.dtype} inputs (the kernel takes float32, float16 and bfloat16)"
-    slots = config.channels_per_lane * config.tile
-    if dstate & (dstate - 1) or dstate > 32 or slots % dstate:
-        return f"N = {dstate} (the kernel needs a power of two <= 32 dividing {slots})"
+    if dstate & (dstate - 1) or dstate > 32 or config.tile % dstate:
+        return f"N = {dstate} (the kernel needs a power of two <= 32 dividing the tile, {config.tile})"
     if torch.cuda.get_device_capability(u.device) < (7, 0):
         return "GPUs older than compute capability 7.0 (no __shfl_xor_sync / __syncwarp)"
     return None
@@ -108,7 +106,6 @@ def kernel_defines(dtype: torch.dtype, dstate: int, config: CudaScanConfig) -> d
     return {
         "IN_KIND": _IN_KIND[dtype],
         "NSTATE": dstate,
-        "CPL": config.channels_per_lane,
         "TILE": config.tile,
         "NWARPS": config.warps,
         "PREFETCH": config.prefetch,
@@ -162,7 +159,7 @@ def selective_scan_cuda(
     A, D, delta_bias = A.float().contiguous(), D.float().contiguous(), delta_bias.float().contiguous()
     bc = interleave_bc(B, C, config.tile)
     out = torch.empty_like(u)
-    channels_per_block = config.warps * 32 // dstate * config.channels_per_lane
+    channels_per_block = config.warps * 32 // dstate
     kernel = _kernel(u.dtype, dstate, config, u.device.index if u.device.index is not None else 0)
     kernel(
         grid=(-(-dim // channels_per_block), batch, 1),
