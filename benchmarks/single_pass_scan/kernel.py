@@ -58,8 +58,8 @@ def unsupported_reason(u: Tensor, dstate: int, config: CudaScanConfig = DEFAULT_
         return f"{u.dtype} inputs (the kernel takes float32, float16 and bfloat16)"
     if dstate & (dstate - 1) or dstate > 32 or config.tile % dstate:
         return f"N = {dstate} (the kernel needs a power of two <= 32 dividing the tile, {config.tile})"
-    if torch.cuda.get_device_capability(u.device) < (7, 0):
-        return "GPUs older than compute capability 7.0 (no __shfl_xor_sync / __syncwarp)"
+    if torch.cuda.get_device_capability(u.device) < (8, 0):
+        return "GPUs older than compute capability 8.0 (the kernel stages B/C with cp.async)"
     return None
 
 
@@ -148,7 +148,7 @@ def selective_scan_cuda(
     delta_softplus: bool,
     config: CudaScanConfig = DEFAULT_CONFIG,
 ) -> Tensor:
-    """Forward selective scan with the single-pass kernel; inputs validated by the operator.
+    """Forward selective scan with the single-pass kernel; inputs as hrsam::selective_scan checks them.
 
     u, delta, B, C: float32/float16/bfloat16 (one dtype); A, D, delta_bias: float32.
     Returns y [batch, dim, L] in u's dtype.
