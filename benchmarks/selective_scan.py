@@ -70,6 +70,13 @@ def max_sm_clock_mhz() -> tuple[float, str]:
         return FALLBACK_SM_CLOCK_MHZ, "assumed (nvidia-smi unavailable)"
 
 
+def sfu_ex2_rate() -> tuple[float, float, str]:
+    """ex2 per second of device 0 (SMs x 16 per clock x maximum SM clock), the clock, its source."""
+    clock_mhz, clock_source = max_sm_clock_mhz()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return sms * MUFU_EX2_PER_CLOCK_PER_SM * clock_mhz * 1e6, clock_mhz, clock_source
+
+
 def make_inputs(dim: int, dstate: int, seqlen: int, batch: int, dtype: torch.dtype) -> tuple:
     """Inputs with the magnitudes of a Cycle-scan at initialisation (A = -(1..N), dt ~ 0.001..0.1)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -145,8 +152,7 @@ def bench_shape(
 def run(args: argparse.Namespace) -> dict:
     """Device facts, then every (L, dtype) row; the report that --out stores."""
     props = torch.cuda.get_device_properties(0)
-    clock_mhz, clock_source = max_sm_clock_mhz()
-    mufu = props.multi_processor_count * MUFU_EX2_PER_CLOCK_PER_SM * clock_mhz * 1e6
+    mufu, clock_mhz, clock_source = sfu_ex2_rate()
     bandwidth = copy_bandwidth()
     info = {
         "card": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
