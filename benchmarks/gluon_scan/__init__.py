@@ -1,0 +1,1 @@
+"""Gluon (explicit-layout Triton) version of the chunked scan: an experiment, not a backend."""
