@@ -37,13 +37,17 @@ CONFIGS = [
     GluonScanConfig(maxnreg1=128, maxnreg3=168),
     GluonScanConfig(poly1=6, maxnreg3=168),
     GluonScanConfig(ch3=2, steps3=4),
+    GluonScanConfig(maxnreg1=128, ch3=2, split3=2),
+    GluonScanConfig(maxnreg1=128, ch3=4, split3=4, steps3=4),
 ]
 # Every code path and register cap of CONFIGS (the polynomial exp2 in both passes, two channels
-# per thread in both, the caps), so three correctness sweeps cover what is timed.
+# per thread in both, lanes sharing a channel in both, the caps), so these sweeps cover what is timed.
 CHECKED = [
     GluonScanConfig(),
     GluonScanConfig(poly1=6, poly3=4, maxnreg1=128, maxnreg3=168),
     GluonScanConfig(ch1=2, ch3=2, steps3=4),
+    GluonScanConfig(ch1=2, split1=2, ch3=2, split3=2),
+    GluonScanConfig(ch1=4, split1=4, steps1=4, ch3=4, split3=4, steps3=4),
 ]
 
 
@@ -66,15 +70,15 @@ def achieved_ex2_rate(warps_per_sm: int = 16, iters: int = 1024) -> float:
     return programs * 32 * 32 * iters / (ms * 1e-3)
 
 
-def check_correctness() -> bool:
-    """Every CHECKED configuration on every shape, dtype and softplus setting; prints failures."""
+def check_correctness(configs: list[GluonScanConfig]) -> bool:
+    """Every configuration on every shape, dtype and softplus setting; prints failures."""
     ok = True
     for shape in SHAPES:
         for dtype in TOLERANCE:
             inputs = random_inputs(*shape, dtype)
             for softplus in (True, False):
                 ref = selective_scan_chunked(*[t.double() for t in inputs], softplus)
-                for config in CHECKED:
+                for config in configs:
                     y = selective_scan_gluon(*inputs, softplus, config=config)
                     err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
                     if not err <= TOLERANCE[dtype]:
@@ -99,16 +103,21 @@ def main() -> None:
     achieved = achieved_ex2_rate()
     print(f"ex2 rate: bound {ex2_per_s / 1e12:.2f} T/s (16/clk/SM at {mhz:.0f} MHz, {clock_source}); "
           f"pure exp2 chains achieve {achieved / 1e12:.2f} T/s = {achieved / ex2_per_s:.2f} of it")
-    if not check_correctness():
+    if not check_correctness(CHECKED):
         sys.exit("Gluon kernel disagrees with the reference")
     print("correct on all shapes, dtypes and configurations")
+    time_configs(CONFIGS, ex2_per_s)
+
+
+def time_configs(configs: list[GluonScanConfig], ex2_per_s: float) -> None:
+    """Markdown rows: the Triton kernel and each configuration at both lengths and dtypes."""
     print("| L | dtype | kernel | ms | x exp bound |\n|---|---|---|---|---|")
     for seqlen in (3 * 4096, 3 * 16384):
         bound_ms = 768 * 32 * seqlen / ex2_per_s * 1e3
         for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             inputs = make_inputs(768, 32, seqlen, 1, dtype)
             rows = [("triton (chunked)", lambda x=inputs: selective_scan_triton(*x, True))]
-            rows += [(str(c), lambda c=c, x=inputs: selective_scan_gluon(*x, True, config=c)) for c in CONFIGS]
+            rows += [(str(c), lambda c=c, x=inputs: selective_scan_gluon(*x, True, config=c)) for c in configs]
             for name, fn in rows:
                 ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
                 print(f"| {seqlen} | {dtype_name} | {name} | {ms:.3f} | {ms / bound_ms:.2f} |", flush=True)

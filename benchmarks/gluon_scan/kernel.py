@@ -11,7 +11,8 @@ kernel's (``plan_chunks``, ``_chunk_carry_kernel``).
 
 Two more things the Triton kernel does not do: the next tile's u and delta are loaded (and the
 softplus computed) while the current tile is scanned, and ``ch`` channels per thread share one
-B_t/C_t load (ch = 2 halves the L1 traffic of the output pass, for twice the registers).
+B_t/C_t load, with a channel's states optionally spread over ``split`` lanes so the registers
+stay the same (4 x 8: a quarter of the L1 traffic of the output pass).
 
 Layout contract as in ``hrsam.ops.selective_scan.triton_kernel``; needs Gluon (triton >= 3.5)
 and a CUDA device. Used only by ``benchmarks/gluon_scan/bench.py``.
@@ -33,7 +34,11 @@ from hrsam.ops.selective_scan.triton_kernel import ScanConfig, _chunk_carry_kern
 class GluonScanConfig:
     """Launch parameters; suffix 1 is the chunk-state pass, 3 the output pass.
 
-    ch: channels per thread; steps: time steps per tile (unrolled); poly: every poly-th step
+    ch: channels per thread; split: lanes that share a channel, each holding N / split of its
+    states (1: all N in one thread; 4 with ch 4: 4 channels x 8 states per thread, a quarter of
+    the B_t/C_t loads per state-step, the read-out finished by 2 shuffles, u/dt/y moved between a
+    compact and the replicated layout through shared memory once per tile);
+    steps: time steps per tile (unrolled); poly: every poly-th step
     takes its exponentials from an FMA-pipe polynomial instead of the MUFU (0: never);
     maxnreg: register cap (None: the compiler's choice); warps_per_sm as in ScanConfig.
     """
@@ -41,6 +46,8 @@ class GluonScanConfig:
     warps_per_sm: int = 48
     ch1: int = 1
     ch3: int = 1
+    split1: int = 1
+    split3: int = 1
     steps1: int = 8
     steps3: int = 8
     poly1: int = 0
@@ -97,14 +104,15 @@ def _load_tile(t0, u_ptr, delta_ptr, ud_row, bias, mask_d, seqlen, STEPS: gl.con
 
 
 @gluon.jit
-def _scan_steps(h, dt_sum, A2, u, dt, t0, B_ptr, C_ptr, out_ptr, ud_row, bc_base, Dv, offs_n,
-                mask_d, mask_n, stop, stride_bt, STEPS: gl.constexpr, MASK_T: gl.constexpr,
-                OUTPUT: gl.constexpr, POLY: gl.constexpr, LT: gl.constexpr, LH: gl.constexpr):
-    """Advance h over one tile whose u and dt are already in registers (steps >= stop: B = 0)."""
+def _scan_steps(h, A2, u, dt, t0, B_ptr, C_ptr, out_ptr, ud_row, bc_base, Dv, offs_n, mask_d, mask_n,
+                stop, stride_bt, STEPS: gl.constexpr, MASK_T: gl.constexpr, OUTPUT: gl.constexpr,
+                POLY: gl.constexpr, LT: gl.constexpr, LH: gl.constexpr, LC: gl.constexpr):
+    """Advance h over one tile whose u and dt (layout LT) are in registers (steps >= stop: B = 0).
+
+    ud_row and mask_d are in the compact layout LC, where y is stored."""
     LTD: gl.constexpr = gl.SliceLayout(1, LT)
     LHD: gl.constexpr = gl.SliceLayout(1, LH)
     offs_t = gl.arange(0, STEPS, layout=gl.SliceLayout(0, LT))
-    dt_sum += gl.sum(dt, axis=1)
     dtu = dt * u
     y = Dv[:, None] * u
     for i in gl.static_range(STEPS):
@@ -128,30 +136,35 @@ def _scan_steps(h, dt_sum, A2, u, dt, t0, B_ptr, C_ptr, out_ptr, ud_row, bc_base
             y_i = gl.convert_layout(gl.sum(h * C_i[None, :], axis=1), LTD, assert_trivial=True)
             y = gl.where(pick, y + y_i[:, None], y)
     if OUTPUT:
-        t = t0 + offs_t
+        t = t0 + gl.arange(0, STEPS, layout=gl.SliceLayout(0, LC))
         mask = mask_d[:, None] & (t < stop)[None, :]
+        y = gl.convert_layout(y, LC)
         gl.store(out_ptr + ud_row[:, None] + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
-    return h, dt_sum
+    return h
 
 
 @gluon.jit
 def _scan_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, states_ptr, dtsum_ptr,
     dim, seqlen, dstate, chunk_len, n_prefix, stride_bb, stride_bt,
-    BLOCK_N: gl.constexpr, STEPS: gl.constexpr, CH: gl.constexpr, EVEN_D: gl.constexpr,
+    BLOCK_N: gl.constexpr, STEPS: gl.constexpr, CH: gl.constexpr, SPLIT: gl.constexpr, EVEN_D: gl.constexpr,
     EVEN_N: gl.constexpr, SOFTPLUS: gl.constexpr, OUTPUT: gl.constexpr, POLY: gl.constexpr,
 ):
     """OUTPUT False: pass 1 (chunk-final state from zero and the chunk's dt sum, chunks
     0 .. n_prefix - 1). OUTPUT True: pass 3 (scan every chunk from its carried state, write y).
-    One warp per program, CH channels per thread."""
-    LH: gl.constexpr = gl.BlockedLayout([CH, BLOCK_N], [32, 1], [1, 1], [1, 0])
-    LT: gl.constexpr = gl.BlockedLayout([CH, STEPS], [32, 1], [1, 1], [1, 0])
-    BLOCK_D: gl.constexpr = 32 * CH
+    One warp per program; CH channels x BLOCK_N / SPLIT states per thread (see GluonScanConfig).
+    LH holds the states, LT the per-step inputs as each thread needs them (replicated over the
+    SPLIT lanes of a channel), LC the same tiles with every element once (loads, softplus, stores).
+    """
+    BLOCK_D: gl.constexpr = 32 * CH // SPLIT
+    LH: gl.constexpr = gl.BlockedLayout([CH, BLOCK_N // SPLIT], [32 // SPLIT, SPLIT], [1, 1], [1, 0])
+    LT: gl.constexpr = gl.BlockedLayout([CH, STEPS], [32 // SPLIT, SPLIT], [1, 1], [1, 0])
+    LC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 32, STEPS], [32, 1], [1, 1], [1, 0])
     pid_c = gl.program_id(0)
     pid_b = gl.program_id(2).to(gl.int64)
     d0 = gl.program_id(1) * BLOCK_D
     offs_dh = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LH))
-    offs_dt = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT))
+    offs_dt = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LC))
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LH))
     if EVEN_D:
         mask_dh = offs_dh >= 0
@@ -176,22 +189,27 @@ def _scan_kernel(
         h = gl.load(states_ptr + row * dstate * dim + state_off, mask=mask_dn, other=0.0)
     else:
         h = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, LH)
-    dt_sum = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LT))
+    dt_sum = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
+    Dv = gl.convert_layout(Dv, gl.SliceLayout(1, LT))
     start = pid_c * chunk_len
     stop = gl.minimum(start + chunk_len, seqlen)
     full_stop = start + ((stop - start) // STEPS) * STEPS
-    u_next, dt_next = _load_tile(start, u_ptr, delta_ptr, ud_row, bias, mask_dt, seqlen, STEPS, SOFTPLUS, LT)
+    u_next, dt_next = _load_tile(start, u_ptr, delta_ptr, ud_row, bias, mask_dt, seqlen, STEPS, SOFTPLUS, LC)
     for t0 in range(start, full_stop, STEPS):
         u, dt = u_next, dt_next
         u_next, dt_next = _load_tile(t0 + STEPS, u_ptr, delta_ptr, ud_row, bias, mask_dt, seqlen, STEPS,
-                                     SOFTPLUS, LT)
-        h, dt_sum = _scan_steps(h, dt_sum, A2, u, dt, t0, B_ptr, C_ptr, out_ptr, ud_row, bc_base, Dv, offs_n,
-                                mask_dt, mask_n, stop, stride_bt, STEPS, False, OUTPUT, POLY, LT, LH)
+                                     SOFTPLUS, LC)
+        if not OUTPUT:
+            dt_sum += gl.sum(dt, axis=1)
+        h = _scan_steps(h, A2, gl.convert_layout(u, LT), gl.convert_layout(dt, LT), t0, B_ptr, C_ptr, out_ptr,
+                        ud_row, bc_base, Dv, offs_n, mask_dt, mask_n, stop, stride_bt, STEPS, False, OUTPUT, POLY,
+                        LT, LH, LC)
     if full_stop < stop:
         # only the sequence's last chunk has a partial tile (chunk lengths are multiples of 64),
-        # so the prefetched tile, masked at seqlen, is exactly this tile
-        h, dt_sum = _scan_steps(h, dt_sum, A2, u_next, dt_next, full_stop, B_ptr, C_ptr, out_ptr, ud_row, bc_base,
-                                Dv, offs_n, mask_dt, mask_n, stop, stride_bt, STEPS, True, OUTPUT, POLY, LT, LH)
+        # so the prefetched tile, masked at seqlen, is exactly this tile; pass 1 never sees it
+        h = _scan_steps(h, A2, gl.convert_layout(u_next, LT), gl.convert_layout(dt_next, LT), full_stop, B_ptr,
+                        C_ptr, out_ptr, ud_row, bc_base, Dv, offs_n, mask_dt, mask_n, stop, stride_bt, STEPS, True,
+                        OUTPUT, POLY, LT, LH, LC)
     if not OUTPUT:
         row = pid_b * n_prefix + pid_c
         gl.store(states_ptr + row * dstate * dim + state_off, h, mask=mask_dn)
@@ -215,7 +233,7 @@ def selective_scan_gluon(
     D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
     out = torch.empty_like(u)
     block_n = triton.next_power_of_2(dstate)
-    plan = ScanConfig(block_d=32 * config.ch3, num_warps=1, warps_per_sm=config.warps_per_sm)
+    plan = ScanConfig(block_d=32 * config.ch3 // config.split3, num_warps=1, warps_per_sm=config.warps_per_sm)
     sms = torch.cuda.get_device_properties(u.device).multi_processor_count
     chunk_len, n_chunks = plan_chunks(batch, dim, seqlen, plan, sms)
     n_prefix = n_chunks - 1
@@ -225,18 +243,19 @@ def selective_scan_gluon(
             dim, seqlen, dstate, chunk_len, n_prefix, B_t.stride(0), B_t.stride(1))
     flags = dict(BLOCK_N=block_n, EVEN_N=dstate == block_n, SOFTPLUS=bool(delta_softplus), num_warps=1)
 
-    def launch(chunks: int, ch: int, steps: int, poly: int, maxnreg: int | None, output: bool) -> None:
+    def launch(chunks: int, ch: int, split: int, steps: int, poly: int, maxnreg: int | None, output: bool) -> None:
         extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-        grid = (chunks, triton.cdiv(dim, 32 * ch), batch)
-        _scan_kernel[grid](*args, STEPS=steps, CH=ch, EVEN_D=dim % (32 * ch) == 0, OUTPUT=output, POLY=poly,
-                           **flags, **extra)
+        block_d = 32 * ch // split
+        grid = (chunks, triton.cdiv(dim, block_d), batch)
+        _scan_kernel[grid](*args, STEPS=steps, CH=ch, SPLIT=split, EVEN_D=dim % block_d == 0, OUTPUT=output,
+                           POLY=poly, **flags, **extra)
 
     if n_prefix > 0:
-        launch(n_prefix, config.ch1, config.steps1, config.poly1, config.maxnreg1, False)
+        launch(n_prefix, config.ch1, config.split1, config.steps1, config.poly1, config.maxnreg1, False)
         nc = triton.next_power_of_2(n_prefix)
         block_nd = max(1, 4096 // nc)
         A_t = A_f.t().contiguous()
         _chunk_carry_kernel[(triton.cdiv(dstate * dim, block_nd), batch)](
             states, dt_sums, A_t, dim, dstate, n_prefix, NC=nc, BLOCK_ND=block_nd, num_warps=4)
-    launch(n_chunks, config.ch3, config.steps3, config.poly3, config.maxnreg3, True)
+    launch(n_chunks, config.ch3, config.split3, config.steps3, config.poly3, config.maxnreg3, True)
     return out
