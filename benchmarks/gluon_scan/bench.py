@@ -27,8 +27,7 @@ from triton.testing import do_bench
 from benchmarks.common import environment
 from benchmarks.gluon_scan.kernel import GluonScanConfig, selective_scan_gluon
 from benchmarks.selective_scan import make_inputs, sfu_ex2_rate
-from benchmarks.single_pass_scan.bench import SHAPES, TOLERANCE, random_inputs
-from hrsam.ops.selective_scan.reference import selective_scan_chunked
+from benchmarks.single_pass_scan.bench import check_against_reference
 from hrsam.ops.selective_scan.triton_kernel import selective_scan_triton
 
 CONFIGS = [
@@ -70,23 +69,6 @@ def achieved_ex2_rate(warps_per_sm: int = 16, iters: int = 1024) -> float:
     return programs * 32 * 32 * iters / (ms * 1e-3)
 
 
-def check_correctness(configs: list[GluonScanConfig]) -> bool:
-    """Every configuration on every shape, dtype and softplus setting; prints failures."""
-    ok = True
-    for shape in SHAPES:
-        for dtype in TOLERANCE:
-            inputs = random_inputs(*shape, dtype)
-            for softplus in (True, False):
-                ref = selective_scan_chunked(*[t.double() for t in inputs], softplus)
-                for config in configs:
-                    y = selective_scan_gluon(*inputs, softplus, config=config)
-                    err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
-                    if not err <= TOLERANCE[dtype]:
-                        ok = False
-                        print(f"FAIL {config} shape={shape} {dtype} softplus={softplus}: {err:.2e}")
-    return ok
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--once", help="a GluonScanConfig(...) expression to run alone")
@@ -103,7 +85,7 @@ def main() -> None:
     achieved = achieved_ex2_rate()
     print(f"ex2 rate: bound {ex2_per_s / 1e12:.2f} T/s (16/clk/SM at {mhz:.0f} MHz, {clock_source}); "
           f"pure exp2 chains achieve {achieved / 1e12:.2f} T/s = {achieved / ex2_per_s:.2f} of it")
-    if not check_correctness(CHECKED):
+    if not check_against_reference(selective_scan_gluon, CHECKED):
         sys.exit("Gluon kernel disagrees with the reference")
     print("correct on all shapes, dtypes and configurations")
     time_configs(CONFIGS, ex2_per_s)

@@ -6,8 +6,9 @@ through shared memory with a barrier every step (docs/BENCHMARKS.md). In Gluon t
 written out: h and A are [channels, N] tensors with one channel's N states in one thread, and
 B_t/C_t are loaded straight into the slice of that layout that every thread holds whole (one
 16-byte broadcast load per 4 states, no shared memory, no barrier). The read-out
-y = sum_n C h is then an in-thread FMA chain. The plan and the carry pass are the Triton
-kernel's (``plan_chunks``, ``_chunk_carry_kernel``).
+y = sum_n C h is then an in-thread FMA chain. The plan, the carry pass and the softplus are the
+Triton kernel's (``plan_chunks``, ``_chunk_carry_kernel``, ``_softplus``: a ``triton.jit`` function
+called from Gluon compiles to the same SASS as a Gluon copy of it).
 
 Two more things the Triton kernel does not do: the next tile's u and delta are loaded (and the
 softplus computed) while the current tile is scanned, and ``ch`` channels per thread share one
@@ -27,7 +28,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from hrsam.ops.selective_scan.triton_kernel import ScanConfig, _chunk_carry_kernel, plan_chunks
+from hrsam.ops.selective_scan.triton_kernel import ScanConfig, _chunk_carry_kernel, _softplus, plan_chunks
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,6 @@ class GluonScanConfig:
     poly3: int = 0
     maxnreg1: int | None = None
     maxnreg3: int | None = None
-
-
-@gluon.jit
-def _softplus(x):
-    """The Triton kernel's softplus: max(x, 0) + 2 atanh(e / (2 + e)), e = exp(-|x|)."""
-    e = gl.exp2(gl.abs(x) * -1.4426950408889634)
-    s = gl.fdiv(e, 2.0 + e, ieee_rounding=False)
-    z = s * s
-    p = 2.0 / 13.0
-    p = p * z + 2.0 / 11.0
-    p = p * z + 2.0 / 9.0
-    p = p * z + 2.0 / 7.0
-    p = p * z + 2.0 / 5.0
-    p = p * z + 2.0 / 3.0
-    p = p * z + 2.0
-    return gl.maximum(x, 0.0) + s * p
 
 
 @gluon.jit

@@ -14,6 +14,7 @@ Run on the GPU machine: ``PYTHONPATH=. python benchmarks/single_pass_scan/bench.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 
 import torch
 import triton
@@ -49,8 +50,13 @@ def random_inputs(batch: int, dim: int, dstate: int, seqlen: int, dtype: torch.d
     )
 
 
-def check_correctness() -> bool:
-    """Every sweep configuration on every shape, dtype and softplus setting; prints failures.
+def check_against_reference(
+    scan: Callable[..., torch.Tensor],
+    configs: Sequence[object],
+    supported: Callable[[tuple, object], bool] = lambda inputs, config: True,
+) -> bool:
+    """``scan(*inputs, softplus, config=c)`` for every config on every shape, dtype and softplus
+    setting that ``supported`` allows; prints failures. Shared by the scan experiments' benches.
 
     The inputs and their float64 reference are made once per case and shared by all configurations.
     """
@@ -58,11 +64,11 @@ def check_correctness() -> bool:
     for shape in SHAPES:
         for dtype in TOLERANCE:
             inputs = random_inputs(*shape, dtype)
-            configs = [c for c in SWEEP if unsupported_reason(inputs[0], shape[2], c) is None]
+            case_configs = [c for c in configs if supported(inputs, c)]
             for softplus in (True, False):
                 ref = selective_scan_chunked(*[t.double() for t in inputs], softplus)
-                for config in configs:
-                    y = selective_scan_cuda(*inputs, softplus, config=config)
+                for config in case_configs:
+                    y = scan(*inputs, softplus, config=config)
                     err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
                     if not err <= TOLERANCE[dtype]:
                         ok = False
@@ -72,7 +78,10 @@ def check_correctness() -> bool:
 
 def main() -> None:
     print(environment(), f"triton {triton.__version__}")
-    if not check_correctness():
+    def supported(inputs: tuple, config: CudaScanConfig) -> bool:
+        return unsupported_reason(inputs[0], inputs[2].shape[1], config) is None
+
+    if not check_against_reference(selective_scan_cuda, SWEEP, supported):
         sys.exit("single-pass kernel disagrees with the reference")
     print("correct on all shapes, dtypes and configurations")
     ex2_per_s, _, _ = sfu_ex2_rate()
