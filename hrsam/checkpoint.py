@@ -13,6 +13,7 @@ missing, unexpected and ignored (loss modules have no weights we use).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hrsam.modeling.configs import ModelConfig
+from hrsam.modeling.configs import ModelConfig, get_config
 from hrsam.modeling.cycle_scan import AUTHOR_KEY_MAP as SCAN_KEY_MAP
 from hrsam.modeling.interactive import HRSAMInteractive
 
@@ -64,8 +65,9 @@ AUTHOR_KEY_RULES: list[tuple[str, str]] = [
     ),
 ]
 
-# Keys of training-only modules (losses, metrics, data preprocessor): reported, never loaded.
-IGNORED_AUTHOR_KEYS = re.compile(r"(decode_head\.loss_decode|losses|metric|data_preprocessor)\.")
+# Keys of training-only modules (losses, metrics, data preprocessor) and the RoPE frequency buffer
+# their backbone saves (we compute the same table from the config): reported, never loaded.
+IGNORED_AUTHOR_KEYS = re.compile(r"(decode_head\.loss_decode|losses|metric|data_preprocessor)\.|backbone\.rope\.freqs$")
 
 
 @dataclass
@@ -161,11 +163,9 @@ def _read_torch_checkpoint(path: Path) -> Mapping[str, object]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with what to do
-        raise ValueError(
-            f"could not read {path} with torch.load(weights_only=True) ({error}). If you trust the "
-            "file, load it yourself with weights_only=False and pass checkpoint['state_dict']"
-        ) from error
+    except Exception as error:  # noqa: BLE001 - one line naming the file, not torch's advice
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})") from None
 
 
 def save_checkpoint(model: HRSAMInteractive, path: str | Path) -> None:
@@ -179,13 +179,20 @@ def save_checkpoint(model: HRSAMInteractive, path: str | Path) -> None:
     save_file(tensors, str(path), metadata=metadata)
 
 
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return file.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - SafetensorError and OSError alike: one line
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
+
+
 def read_config(path: str | Path) -> ModelConfig:
     """The model config stored in one of our safetensors checkpoints."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
+    metadata = _safetensors_metadata(path)
     if metadata.get("format") != FORMAT or "hrsam_config" not in metadata:
         raise ValueError(
             f"{path} is not an hrsam safetensors checkpoint (no hrsam_config metadata); for the authors' "
@@ -194,18 +201,128 @@ def read_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(metadata["hrsam_config"]))
 
 
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 - no __iter__
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> HRSAMInteractive:
     """Rebuild the model stored in ``path`` (config from its metadata) with its weights, in eval mode."""
+    path = Path(path)
     config = read_config(path)
     model = HRSAMInteractive(config)
-    state_dict = {}
-    with safe_open(str(path), framework="pt", device="cpu") as file:
-        for key in file.keys():  # noqa: SIM118 - safe_open has no __iter__
-            state_dict[key] = file.get_tensor(key)
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not match config {config.name!r}: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
+    _load_own_state_dict(model, _read_safetensors(path), path, allow_partial=False)
     return model.to(device).eval()
+
+
+def _load_own_state_dict(
+    model: HRSAMInteractive, state_dict: Mapping[str, Tensor], path: Path, allow_partial: bool
+) -> str:
+    """Load a state dict with our key names; refuse missing or unexpected keys unless ``allow_partial``."""
+    result = model.load_state_dict(state_dict, strict=False)
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if (missing or unexpected) and not allow_partial:
+        raise ValueError(
+            f"{path} does not cover model {model.config.name!r}: {_key_summary(missing, unexpected)} "
+            "(pass --allow-partial / allow_partial=True to keep the missing weights random)"
+        )
+    return "" if not missing else f", {len(missing)} weights left random"
+
+
+def _key_summary(missing: list[str], unexpected: list[str]) -> str:
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f", ... (+{len(keys) - 3})" if len(keys) > 3 else "")
+
+    parts = [f"missing {len(missing)} [{show(missing)}]"] if missing else []
+    parts += [f"unexpected {len(unexpected)} [{show(unexpected)}]"] if unexpected else []
+    return "; ".join(parts)
+
+
+DEFAULT_MODEL = "hrsam_tiny"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run and what its weights are (shown by the CLI, the sidecar, the demo)."""
+
+    model: HRSAMInteractive
+    weights: str
+    random_weights: bool
+
+
+def load_model(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    allow_partial: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
+    """The one loader: a named config, a checkpoint file, or both (then they must agree).
+
+    * no checkpoint: config ``name`` (default ``DEFAULT_MODEL``) with random weights from ``seed``;
+    * ``.safetensors``: our format, config read from the file; ``name``, if given, must match it;
+    * any other file (``.pth`` / ``.pt``): a torch checkpoint, either a plain state dict with our
+      key names (``torch.save(model.state_dict())``) or the authors' mmengine checkpoint, mapped
+      through ``AUTHOR_KEY_RULES``; it needs ``name`` (default ``DEFAULT_MODEL``).
+
+    A checkpoint that leaves any weight missing or brings weights the model does not have is
+    refused, naming the first keys, unless ``allow_partial``. Errors are ValueError /
+    FileNotFoundError with one line that names the file.
+    """
+    if checkpoint is None:
+        config = get_config(name or DEFAULT_MODEL)
+        torch.manual_seed(seed)
+        return LoadedModel(HRSAMInteractive(config).eval(), f"random (seed {seed})", True)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        config = read_config(path)
+        if name is not None and name != config.name:
+            raise ValueError(
+                f"{path} holds model {config.name!r}, not {name!r}: drop --model or pass --model {config.name}"
+            )
+        model = HRSAMInteractive(config)
+        note = _load_own_state_dict(model, _read_safetensors(path), path, allow_partial)
+        return LoadedModel(model.eval(), f"{path} (sha256 {file_sha256(path)[:12]}{note})", False)
+    model = HRSAMInteractive(get_config(name or DEFAULT_MODEL))
+    raw = _read_torch_checkpoint(path)
+    state_dict = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path} is not a state dict of tensors (nor {{'state_dict': {{...}}}})")
+    if any(key in model.state_dict() for key in state_dict):
+        note = _load_own_state_dict(model, state_dict, path, allow_partial)
+        return LoadedModel(model.eval(), f"{path} (our key names{note})", False)
+    report = load_authors_checkpoint(model, state_dict)
+    if not report.complete and not allow_partial:
+        raise ValueError(
+            f"{path} does not cover model {model.config.name!r} through the authors' key mapping: "
+            f"{_key_summary(report.missing, report.unexpected)} (wrong --model? or pass --allow-partial)"
+        )
+    note = f", {len(report.missing)} weights left random" if report.missing else ""
+    return LoadedModel(model.eval(), f"{path} (authors' checkpoint{note})", False)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in blocks: exported encoders can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict: names, dtypes, shapes and bytes, in sorted key order.
+
+    Identifies the weights an exported graph or engine was made from, whatever file they came from.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -13,11 +13,14 @@ Pre- and post-processing follow the evaluation protocol (SPEC section 3), as the
 
 ``predict`` returns masks at the original resolution, their scores and the low-resolution logits;
 one row of those logits, fed back as ``mask_input``, is the mask prompt of the next click.
+
+The predictor is the only place with pre/post-processing and input checks. What runs the encoder
+and decoder is a ``hrsam.runner.Runner``: the eager PyTorch model, or (through
+``trt_runtime.open_predictor``) ONNX Runtime, TensorRT, compiled or AOTInductor engines.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -26,12 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hrsam.images import to_rgb_uint8
+from hrsam.modeling.configs import PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
 from hrsam.modeling.interactive import HRSAMInteractive
 from hrsam.modeling.sam_decoder import select_single_mask
+from hrsam.runner import EagerRunner, Runner
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-PATCH = 16
+DEFAULT_TARGET_SIZE = 1024
 
 
 def resized_size(height: int, width: int, target_size: int) -> tuple[int, int]:
@@ -67,23 +70,29 @@ class HRSAMPredictor:
     """Encode an image once with ``set_image``, then segment it from clicks with ``predict``.
 
     Args:
-        model: an ``HRSAMInteractive`` on the device (and dtype) to run on. It is put in eval mode.
-        autocast_dtype: run encoder and decoder under ``torch.autocast`` with this dtype (e.g.
+        runner: a ``Runner`` (any backend), or an ``HRSAMInteractive`` model on the device (and
+            dtype) to run on, which is wrapped in an ``EagerRunner``.
+        autocast_dtype: for a model only: run it under ``torch.autocast`` with this dtype (e.g.
             torch.bfloat16 on CUDA); None runs in the model's own dtype.
         antialias: antialias when resizing the image (False matches the authors' evaluation).
     """
 
     def __init__(
-        self, model: HRSAMInteractive, autocast_dtype: torch.dtype | None = None, antialias: bool = True
+        self, runner: Runner | HRSAMInteractive, autocast_dtype: torch.dtype | None = None, antialias: bool = True
     ) -> None:
-        self.model = model.eval()
-        self.autocast_dtype = autocast_dtype
+        if isinstance(runner, HRSAMInteractive):
+            runner = EagerRunner(runner, autocast_dtype)
+        elif autocast_dtype is not None:
+            raise ValueError("autocast_dtype applies to a PyTorch model; a runner has its own precision")
+        if not isinstance(runner, Runner):
+            raise TypeError(f"expected a Runner or an HRSAMInteractive model, got {type(runner).__name__}")
+        self.runner = runner
         self.antialias = antialias
         self.reset_image()
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.runner.device
 
     @property
     def is_image_set(self) -> bool:
@@ -96,21 +105,35 @@ class HRSAMPredictor:
         self.input_size: tuple[int, int] | None = None
         self.target_size: int | None = None
 
-    def set_image(self, image: Any, target_size: int = 1024) -> None:
-        """Encode ``image`` (H x W x 3 uint8 RGB; see ``hrsam.images`` for what else is converted).
-
-        ``target_size``: the padded square input side S, a positive multiple of 16 (1024, 2048, ...).
-        """
+    def check_target_size(self, target_size: int | None) -> int:
+        """The padded input side S to use: validated, and the runner's own size for fixed-size engines."""
+        fixed = self.runner.input_size
+        if target_size is None:
+            return fixed or DEFAULT_TARGET_SIZE
         if isinstance(target_size, bool) or not isinstance(target_size, int | np.integer):
             raise ValueError(f"target_size must be an int (e.g. 1024 or 2048), got {target_size!r}")
-        if target_size <= 0 or target_size % PATCH:
-            raise ValueError(f"target_size must be a positive multiple of {PATCH} (e.g. 1024), got {target_size}")
+        if target_size <= 0 or target_size % PATCH_SIZE:
+            raise ValueError(
+                f"target_size must be a positive multiple of {PATCH_SIZE} (e.g. 1024), got {target_size}"
+            )
+        if fixed is not None and target_size != fixed:
+            raise ValueError(
+                f"this {self.runner.info.backend} runner was built for input size {fixed}, not {target_size}; "
+                f"use target_size={fixed} or export for {target_size}"
+            )
+        return int(target_size)
+
+    def set_image(self, image: Any, target_size: int | None = None) -> None:
+        """Encode ``image`` (H x W x 3 uint8 RGB; see ``hrsam.images`` for what else is converted).
+
+        ``target_size``: the padded square input side S, a positive multiple of 16 (1024, 2048, ...);
+        default: the runner's fixed size, else 1024.
+        """
+        target_size = self.check_target_size(target_size)
         rgb = to_rgb_uint8(image)
         self.reset_image()
-        target_size = int(target_size)
-        x = preprocess(rgb, target_size, self.device, self.antialias).to(self._input_dtype())
-        with torch.inference_mode(), self._autocast():
-            self.features = self.model.encode(x)
+        x = preprocess(rgb, target_size, self.device, self.antialias)
+        self.features = self.runner.encode(x)
         self.original_size = (rgb.shape[0], rgb.shape[1])
         self.input_size = resized_size(rgb.shape[0], rgb.shape[1], target_size)
         self.target_size = target_size
@@ -145,13 +168,12 @@ class HRSAMPredictor:
         self._require_image()
         coords, labels = self._prepare_points(point_coords, point_labels)
         mask, has_mask = self._prepare_mask(mask_input)
-        with torch.inference_mode(), self._autocast():
-            iou, low_res = self.model.decode(self.features, coords, labels, mask, has_mask)
+        iou, low_res = self.runner.decode(self.features, coords, labels, mask, has_mask)
         iou, low_res = select_single_mask(iou, low_res, multimask_output)
         logits = postprocess_logits(low_res, self.target_size, self.input_size, self.original_size)
         masks = logits if return_logits else logits > 0
-        return (
-            masks[0].cpu().numpy(),
+        return (  # float32 logits whatever precision the runner computed in
+            masks[0].float().cpu().numpy() if return_logits else masks[0].cpu().numpy(),
             iou[0].float().cpu().numpy(),
             low_res[0].float().cpu().numpy(),
         )
@@ -160,40 +182,10 @@ class HRSAMPredictor:
         if self.features is None:
             raise RuntimeError("no image is set: call set_image(image) before predict()")
 
-    def _input_dtype(self) -> torch.dtype:
-        """Input dtype: the model's own (fp16 after ``.half()``), float32 under autocast."""
-        if self.autocast_dtype is not None:
-            return torch.float32
-        return next(self.model.parameters()).dtype
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _prepare_points(self, point_coords: Any, point_labels: Any) -> tuple[Tensor, Tensor]:
         """Validate clicks and map them to the padded input; SAM's padding point is appended."""
-        coords = _as_float_array(point_coords, "point_coords")
-        labels = _as_float_array(point_labels, "point_labels")
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise ValueError(f"point_coords must be N x 2 (x, y) with N >= 1, got shape {coords.shape}")
-        if labels.shape != (coords.shape[0],):
-            raise ValueError(
-                f"point_labels must hold one label per point: got {coords.shape[0]} points and labels of "
-                f"shape {labels.shape}"
-            )
-        if not np.isfinite(coords).all():
-            raise ValueError("point_coords contains NaN or infinite values")
-        if not np.isin(labels, (0.0, 1.0)).all():
-            raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
-        height, width = self.original_size
-        for x, y in coords:
-            if not (0 <= x < width and 0 <= y < height):
-                raise ValueError(
-                    f"point ({x:g}, {y:g}) is outside the {width} x {height} image; coordinates are (x, y) "
-                    "pixels of the original image"
-                )
-        new_h, new_w = self.input_size
+        coords, labels = validate_points(point_coords, point_labels, self.original_size)
+        (height, width), (new_h, new_w) = self.original_size, self.input_size
         scaled = coords * np.array([new_w / width, new_h / height])
         scaled = np.concatenate([scaled, np.zeros((1, 2))])
         labels = np.concatenate([labels, [-1.0]])
@@ -219,6 +211,34 @@ class HRSAMPredictor:
             raise ValueError("mask_input contains NaN or infinite values")
         mask_tensor = torch.as_tensor(mask, dtype=torch.float32, device=device).reshape(1, 1, *side)
         return mask_tensor, torch.ones(1, device=device)
+
+
+def validate_points(point_coords: Any, point_labels: Any, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Check clicks against an (H, W) image; return N x 2 float64 (x, y) and N float64 labels.
+
+    Public so that callers (the CLI, the demo) can check clicks before any encoder work.
+    """
+    coords = _as_float_array(point_coords, "point_coords")
+    labels = _as_float_array(point_labels, "point_labels")
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"point_coords must be N x 2 (x, y) with N >= 1, got shape {coords.shape}")
+    if labels.shape != (coords.shape[0],):
+        raise ValueError(
+            f"point_labels must hold one label per point: got {coords.shape[0]} points and labels of "
+            f"shape {labels.shape}"
+        )
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contains NaN or infinite values")
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
+    height, width = image_size
+    for x, y in coords:
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(
+                f"point ({x:g}, {y:g}) is outside the {width} x {height} image; coordinates are (x, y) "
+                "pixels of the original image"
+            )
+    return coords, labels
 
 
 def _as_float_array(value: Any, name: str) -> np.ndarray:

@@ -13,6 +13,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The patch size of every HRSAM model (SAM's): input sizes must be multiples of it.
+PATCH_SIZE = 16
+# SAM's pixel normalisation (RGB, 0..255), applied by the predictor and recorded in export sidecars.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -27,7 +33,7 @@ class EncoderConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    patch_size: int = 16
+    patch_size: int = PATCH_SIZE
     window: int = 16
     stage_ends: tuple[int, ...] = (2, 5, 8, 11)
     state_dim: int = 32

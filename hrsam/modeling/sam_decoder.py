@@ -18,7 +18,7 @@ Importing: ``import segment_anything`` runs its ``__init__``, which imports the 
 it torchvision. torchvision cannot be installed beside the CPU torch of this project, and the
 modeling classes do not need it, so when (and only when) that import fails for lack of torchvision
 we register a bare ``segment_anything`` package (its real ``__path__``, none of its ``__init__``)
-and import ``segment_anything.modeling`` from it.
+just long enough to import ``segment_anything.modeling`` from it, then remove it again.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrsam.modeling.configs import DecoderConfig
+from hrsam.modeling.configs import PATCH_SIZE, DecoderConfig
 
 logger = logging.getLogger("hrsam")
 
@@ -55,10 +55,16 @@ def _import_sam_modeling() -> types.ModuleType:
         package.__path__ = list(spec.submodule_search_locations)
         package.__spec__ = spec
         sys.modules["segment_anything"] = package
+        try:
+            modeling = importlib.import_module("segment_anything.modeling")
+        finally:
+            # The bare package must not stay registered: a later ``import segment_anything`` then
+            # runs the real __init__ (and fails only for what it really lacks, torchvision).
+            del sys.modules["segment_anything"]
         logger.info(
-            "segment_anything imported without its __init__ (torchvision is missing); "
-            "only segment_anything.modeling is used"
+            "segment_anything.modeling imported without the package __init__ (torchvision is missing)"
         )
+        return modeling
     return importlib.import_module("segment_anything.modeling")
 
 
@@ -76,8 +82,11 @@ class PromptDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
-        base = config.base_input_size // 16
+        base = config.base_input_size // PATCH_SIZE
         self.base_embed_size = base
+        # Dense positional encodings per (size, device), made once: they depend only on SAM's fixed
+        # Gaussian matrix (a buffer), so a fixed-size decode creates no tensors of its own.
+        self._dense_pe_cache: dict[tuple, Tensor] = {}
         self.prompt_encoder = PromptEncoder(
             embed_dim=config.prompt_dim,
             image_embedding_size=(base, base),
@@ -120,7 +129,7 @@ class PromptDecoder(nn.Module):
         """
         h, w = int(image_embeddings.shape[-2]), int(image_embeddings.shape[-1])
         self._check_shapes(image_embeddings, point_coords, point_labels, mask_input, h, w)
-        sparse = self._embed_points(point_coords, point_labels, (16 * h, 16 * w))
+        sparse = self._embed_points(point_coords, point_labels, (PATCH_SIZE * h, PATCH_SIZE * w))
         dense = self._embed_masks(mask_input, has_mask_input, (h, w))
         image_pe = self._dense_pe((h, w))
         masks, iou = self.mask_decoder.predict_masks(
@@ -162,7 +171,20 @@ class PromptDecoder(nn.Module):
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def _dense_pe(self, size: tuple[int, int]) -> Tensor:
-        """SAM's 64 x 64 dense positional encoding, bilinearly resized to ``size`` (authors' rule)."""
+        """SAM's 64 x 64 dense positional encoding resized to ``size``, cached per size and device.
+
+        The cache key holds the Gaussian buffer's identity and version, so loading other weights
+        into it (an in-place copy) or moving the module invalidates the entry. One size is kept.
+        """
+        if torch.compiler.is_compiling():  # traced graphs compute (or constant-fold) it themselves
+            return self._compute_dense_pe(size)
+        gaussian = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        key = (size, gaussian.device, id(gaussian), gaussian._version)
+        if key not in self._dense_pe_cache:
+            self._dense_pe_cache = {key: self._compute_dense_pe(size)}
+        return self._dense_pe_cache[key]
+
+    def _compute_dense_pe(self, size: tuple[int, int]) -> Tensor:
         base = self.base_embed_size
         centres = (torch.arange(base, device=self._device(), dtype=torch.float32) + 0.5) / base
         grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), dim=-1)  # [y, x, (x, y)]
@@ -171,8 +193,10 @@ class PromptDecoder(nn.Module):
     def _embed_points(self, coords: Tensor, labels: Tensor, input_size: tuple[int, int]) -> Tensor:
         """Sparse embeddings of points, normalised by the real input size (not SAM's 1024)."""
         encoder = self.prompt_encoder
-        scale = torch.tensor([1.0 / input_size[1], 1.0 / input_size[0]], device=coords.device)
-        pe = self._fourier((coords.float() + 0.5) * scale)
+        shifted = coords.float() + 0.5
+        # Per-axis division by Python numbers: no tensor is created on the host during the call.
+        normalised = torch.stack([shifted[..., 0] / input_size[1], shifted[..., 1] / input_size[0]], dim=-1)
+        pe = self._fourier(normalised)
         labels = labels.unsqueeze(-1)
         embedding = pe * (labels != -1) + encoder.not_a_point_embed.weight.float() * (labels == -1)
         for i, point_embedding in enumerate(encoder.point_embeddings):
@@ -182,9 +206,9 @@ class PromptDecoder(nn.Module):
     def _embed_masks(self, mask_input: Tensor, has_mask_input: Tensor, size: tuple[int, int]) -> Tensor:
         """Dense embedding: the mask prompt if given, else SAM's no-mask embedding resized to ``size``."""
         encoder = self.prompt_encoder
-        base = self.base_embed_size
-        no_mask = encoder.no_mask_embed.weight.float().reshape(1, -1, 1, 1).expand(1, -1, base, base)
-        no_mask = self._resize(no_mask, size)
+        # SAM's no-mask embedding is one vector at every position, so its bilinear resize (the
+        # authors' rule) is the same vector at every position of ``size``.
+        no_mask = encoder.no_mask_embed.weight.float().reshape(1, -1, 1, 1).expand(1, -1, *size)
         weight_dtype = encoder.no_mask_embed.weight.dtype
         mask_embedding = encoder.mask_downscaling(mask_input.to(weight_dtype)).float()
         has_mask = has_mask_input.float().reshape(-1, 1, 1, 1)
