@@ -1,7 +1,7 @@
-"""``python -m hrsam``: see ``hrsam.cli``."""
+"""``python -m hrsam``: the ``hrsam`` command line (see ``hrsam.cli``)."""
 
 import sys
 
 from hrsam.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m hrsam"))

@@ -13,9 +13,11 @@ missing, unexpected and ignored (loss modules have no weights we use).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hrsam.modeling.configs import ModelConfig, get_config
+from hrsam.modeling.configs import CONFIGS, ModelConfig, get_config
 from hrsam.modeling.cycle_scan import AUTHOR_KEY_MAP as SCAN_KEY_MAP
 from hrsam.modeling.interactive import HRSAMInteractive
 
@@ -143,11 +145,11 @@ def load_authors_checkpoint(
     ``checkpoint``: their mmengine dict (with ``state_dict``), a bare state dict, or a file path
     (read with ``weights_only=True``). With ``strict`` a missing or unexpected key raises.
     """
+    source = "the authors' checkpoint"
     if isinstance(checkpoint, str | Path):
+        source = str(checkpoint)
         checkpoint = _read_torch_checkpoint(Path(checkpoint))
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise ValueError("expected the authors' checkpoint: a dict of tensors or {'state_dict': {...}}")
+    state_dict = _tensor_dict(checkpoint, source)
     ours = model.state_dict()
     mapped, report = map_authors_state_dict(state_dict, {k: v.shape for k, v in ours.items()})
     if strict and not report.complete:
@@ -158,14 +160,46 @@ def load_authors_checkpoint(
     return report
 
 
-def _read_torch_checkpoint(path: Path) -> Mapping[str, object]:
+def _tensor_dict(checkpoint: object, source: str) -> Mapping[str, Tensor]:
+    """The state dict inside ``checkpoint`` (mmengine's ``{"state_dict": ...}`` or a bare one), checked."""
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise ValueError(f"{source} is not a state dict: expected a dict of tensors or {{'state_dict': {{...}}}}")
+    return state_dict
+
+
+def _read_torch_checkpoint(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``; any failure is a ValueError of one line naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise next to the real error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - one line naming the file, not torch's advice
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})") from None
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {_torch_load_reason(path, error)}") from None
+
+
+def _torch_load_reason(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` failed, in words a user can act on (torch's own text is several paragraphs)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return (
+            f"it holds Python objects besides tensors ({unsupported.group(1)}), which a safe weights-only load "
+            "refuses; save only the tensors, e.g. torch.save(checkpoint['state_dict'], 'weights.pth')"
+        )
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head == b"PK\x03\x04":
+        return "the zip archive torch.save writes is truncated or corrupted"
+    if not head:
+        return "the file is empty"
+    if not head.startswith(b"\x80"):
+        return f"it is neither a torch.save zip archive nor a pickle (it starts with {head!r})"
+    detail = text.split("WeightsUnpickler error:", 1)[-1]  # the cause, after torch's advice about weights_only
+    first = next((line.strip() for line in detail.splitlines() if line.strip()), type(error).__name__)
+    return f"a pickle that cannot be read ({first[:160]}): corrupted, or not written by torch.save"
 
 
 def save_checkpoint(model: HRSAMInteractive, path: str | Path) -> None:
@@ -198,7 +232,10 @@ def read_config(path: str | Path) -> ModelConfig:
             f"{path} is not an hrsam safetensors checkpoint (no hrsam_config metadata); for the authors' "
             "checkpoints use load_authors_checkpoint"
         )
-    return ModelConfig.from_dict(json.loads(metadata["hrsam_config"]))
+    try:
+        return ModelConfig.from_dict(json.loads(metadata["hrsam_config"]))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path} has an hrsam_config that is not a valid model config ({error})") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -220,16 +257,47 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> HRS
 
 def _load_own_state_dict(
     model: HRSAMInteractive, state_dict: Mapping[str, Tensor], path: Path, allow_partial: bool
-) -> str:
-    """Load a state dict with our key names; refuse missing or unexpected keys unless ``allow_partial``."""
+) -> list[str]:
+    """Load a state dict with our key names; refuse missing or unexpected keys unless ``allow_partial``.
+
+    Returns the names of the weights left as initialised (missing from the file).
+    """
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    wrong = [
+        f"{key} {tuple(tensor.shape)} vs {tuple(shapes[key])}"
+        for key, tensor in state_dict.items()
+        if key in shapes and tensor.shape != shapes[key]
+    ]
+    if wrong:  # load_state_dict would raise a multi-paragraph RuntimeError
+        raise ValueError(
+            f"{path} does not fit model {model.config.name!r}: {len(wrong)} tensors have other shapes "
+            f"(first: {wrong[0]}); wrong --model?"
+        )
     result = model.load_state_dict(state_dict, strict=False)
-    missing, unexpected = result.missing_keys, result.unexpected_keys
+    _refuse_partial(path, model, result.missing_keys, result.unexpected_keys, allow_partial)
+    return list(result.missing_keys)
+
+
+def _load_authors_state_dict(
+    model: HRSAMInteractive, state_dict: Mapping[str, Tensor], path: Path, allow_partial: bool
+) -> list[str]:
+    """``load_authors_checkpoint`` with the file named in its errors; returns the weights left as initialised."""
+    try:
+        report = load_authors_checkpoint(model, state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    _refuse_partial(path, model, report.missing, report.unexpected, allow_partial, " through the authors' key mapping")
+    return report.missing
+
+
+def _refuse_partial(
+    path: Path, model: HRSAMInteractive, missing: list[str], unexpected: list[str], allow_partial: bool, how: str = ""
+) -> None:
     if (missing or unexpected) and not allow_partial:
         raise ValueError(
-            f"{path} does not cover model {model.config.name!r}: {_key_summary(missing, unexpected)} "
-            "(pass --allow-partial / allow_partial=True to keep the missing weights random)"
+            f"{path} does not cover model {model.config.name!r}{how}: {_key_summary(missing, unexpected)} "
+            "(wrong --model? or pass --allow-partial / allow_partial=True to keep the missing weights random)"
         )
-    return "" if not missing else f", {len(missing)} weights left random"
 
 
 def _key_summary(missing: list[str], unexpected: list[str]) -> str:
@@ -246,11 +314,16 @@ DEFAULT_MODEL = "hrsam_tiny"
 
 @dataclass
 class LoadedModel:
-    """A model ready to run and what its weights are (shown by the CLI, the sidecar, the demo)."""
+    """A model ready to run and what its weights are (shown by the CLI, the sidecar, the demo).
+
+    ``random_weights``: no checkpoint at all. ``missing``: weights a partial checkpoint (loaded with
+    ``allow_partial``) did not provide, so they keep their random initialisation.
+    """
 
     model: HRSAMInteractive
     weights: str
     random_weights: bool
+    missing: list[str] = field(default_factory=list)
 
 
 def load_model(
@@ -263,47 +336,66 @@ def load_model(
     """The one loader: a named config, a checkpoint file, or both (then they must agree).
 
     * no checkpoint: config ``name`` (default ``DEFAULT_MODEL``) with random weights from ``seed``;
-    * ``.safetensors``: our format, config read from the file; ``name``, if given, must match it;
-    * any other file (``.pth`` / ``.pt``): a torch checkpoint, either a plain state dict with our
-      key names (``torch.save(model.state_dict())``) or the authors' mmengine checkpoint, mapped
-      through ``AUTHOR_KEY_RULES``; it needs ``name`` (default ``DEFAULT_MODEL``).
+    * ``.safetensors`` written by ``save_checkpoint``: config read from the file; ``name``, if
+      given, must match it;
+    * any other file (``.pth`` / ``.pt``), or a ``.safetensors`` without our config: a state dict
+      with our key names (``torch.save(model.state_dict())``) or the authors' mmengine checkpoint,
+      mapped through ``AUTHOR_KEY_RULES``. Without ``name`` the config is the one the most tensors
+      fit (names and shapes), ``DEFAULT_MODEL`` when none fits.
 
     A checkpoint that leaves any weight missing or brings weights the model does not have is
-    refused, naming the first keys, unless ``allow_partial``. Errors are ValueError /
+    refused, naming the first keys, unless ``allow_partial`` (seeded with ``seed``, the missing
+    weights stay random and ``LoadedModel.missing`` lists them). Errors are ValueError /
     FileNotFoundError with one line that names the file.
     """
+    if name is not None:
+        get_config(name)  # an unknown name is an error before any file is read
+    torch.manual_seed(seed)
     if checkpoint is None:
         config = get_config(name or DEFAULT_MODEL)
-        torch.manual_seed(seed)
         return LoadedModel(HRSAMInteractive(config).eval(), f"random (seed {seed})", True)
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        config = read_config(path)
-        if name is not None and name != config.name:
-            raise ValueError(
-                f"{path} holds model {config.name!r}, not {name!r}: drop --model or pass --model {config.name}"
-            )
-        model = HRSAMInteractive(config)
-        note = _load_own_state_dict(model, _read_safetensors(path), path, allow_partial)
-        return LoadedModel(model.eval(), f"{path} (sha256 {file_sha256(path)[:12]}{note})", False)
-    model = HRSAMInteractive(get_config(name or DEFAULT_MODEL))
-    raw = _read_torch_checkpoint(path)
-    state_dict = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (nor {{'state_dict': {{...}}}})")
-    if any(key in model.state_dict() for key in state_dict):
-        note = _load_own_state_dict(model, state_dict, path, allow_partial)
-        return LoadedModel(model.eval(), f"{path} (our key names{note})", False)
-    report = load_authors_checkpoint(model, state_dict)
-    if not report.complete and not allow_partial:
-        raise ValueError(
-            f"{path} does not cover model {model.config.name!r} through the authors' key mapping: "
-            f"{_key_summary(report.missing, report.unexpected)} (wrong --model? or pass --allow-partial)"
-        )
-    note = f", {len(report.missing)} weights left random" if report.missing else ""
-    return LoadedModel(model.eval(), f"{path} (authors' checkpoint{note})", False)
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    config, state_dict = _read_any_checkpoint(path)
+    if config is not None and name is not None and name != config.name:
+        raise ValueError(f"{path} holds model {config.name!r}, not {name!r}: drop --model or use --model {config.name}")
+    model = HRSAMInteractive(config or get_config(name or _best_fitting_config(state_dict)))
+    shapes = model.state_dict()
+    if config is not None or any(key in shapes for key in state_dict):
+        missing, kind = _load_own_state_dict(model, state_dict, path, allow_partial), ""
+    else:
+        missing, kind = _load_authors_state_dict(model, state_dict, path, allow_partial), "authors' checkpoint, "
+    note = f", {len(missing)} of {len(shapes)} weights left random" if missing else ""
+    return LoadedModel(model.eval(), f"{path} ({kind}sha256 {file_sha256(path)[:12]}{note})", False, missing)
+
+
+def _read_any_checkpoint(path: Path) -> tuple[ModelConfig | None, Mapping[str, Tensor]]:
+    """The tensors of a checkpoint file and the config it carries (ours in safetensors), if any."""
+    if path.suffix != ".safetensors":
+        return None, _tensor_dict(_read_torch_checkpoint(path), str(path))
+    ours = _safetensors_metadata(path).get("format") == FORMAT
+    return (read_config(path) if ours else None), _read_safetensors(path)
+
+
+def _best_fitting_config(state_dict: Mapping[str, Tensor]) -> str:
+    """The named config that the most tensors fit, by our or the authors' key names and shapes."""
+    def fitting(name: str) -> int:
+        shapes = _config_shapes(name)
+        mapped = ((key if key in shapes else map_author_key(key), tensor) for key, tensor in state_dict.items())
+        return sum(1 for key, tensor in mapped if key in shapes and tuple(tensor.shape) == shapes[key])
+
+    scores = {name: fitting(name) for name in CONFIGS}
+    best = max(scores.values())
+    return DEFAULT_MODEL if best == 0 or scores[DEFAULT_MODEL] == best else max(scores, key=scores.get)
+
+
+@functools.cache
+def _config_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer shapes of a named config (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        model = HRSAMInteractive(get_config(name))
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def file_sha256(path: str | Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 def to_rgb_uint8(image: Any) -> np.ndarray:
@@ -91,9 +91,22 @@ def _to_three_channels(image: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB (grayscale, palette and RGBA are converted)."""
+    """Read an image file as H x W x 3 uint8 RGB (grayscale, palette and RGBA are converted).
+
+    Every way a file can fail to be an image (a folder, not an image, truncated, unreadable, too
+    large for PIL's decompression-bomb limit) is a one-line error naming the file: FileNotFoundError
+    when it does not exist, ValueError otherwise.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as image:
-        return to_rgb_uint8(image)
+    try:
+        with Image.open(path) as image:
+            return to_rgb_uint8(image)  # decodes the pixels: truncated files fail here, not later
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, TIFF, BMP, WebP, ...)") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # PIL reports broken PNGs as SyntaxError
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"cannot read image {path}: {reason}") from None

@@ -1,15 +1,12 @@
-"""HRSAMPredictor: outputs, determinism, mask feedback, input handling, CLI, GPU vs CPU."""
+"""HRSAMPredictor: outputs, determinism, mask feedback, input handling, GPU vs CPU (the CLI: test_cli.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from hrsam.cli import main as cli_main
 from hrsam.images import to_rgb_uint8
 from hrsam.modeling.interactive import build_model
 from hrsam.predictor import PIXEL_MEAN, PIXEL_STD, HRSAMPredictor, preprocess, resized_size
@@ -171,28 +168,6 @@ def test_bad_mask_input(predictor: HRSAMPredictor) -> None:
         predictor.predict(CLICKS, LABELS, mask_input=np.zeros((3, 64, 64)))
     with pytest.raises(ValueError, match="NaN"):
         predictor.predict(CLICKS, LABELS, mask_input=np.full((1, 64, 64), np.nan))
-
-
-def test_cli_segment_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = cli_main(["segment", "--target-size", "256", "--out", str(tmp_path), "--device", "cpu"])
-    printed = capsys.readouterr().out
-    assert status == 0
-    assert "encoder:" in printed and "click 3" in printed and "random" in printed.lower()
-    mask = np.asarray(Image.open(tmp_path / "mask.png"))
-    overlay = Image.open(tmp_path / "overlay.png")
-    assert mask.shape == (480, 640) and set(np.unique(mask)) <= {0, 255}
-    assert overlay.size == (640, 480) and overlay.mode == "RGB"
-
-
-def test_cli_bad_points_message(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["segment", "--points", "1,2", "--target-size", "256"]) == 2
-    assert "expected 'x,y,label'" in capsys.readouterr().err
-
-
-def test_bundled_example_is_small() -> None:
-    from hrsam.cli import EXAMPLE_IMAGE
-
-    assert EXAMPLE_IMAGE.is_file() and EXAMPLE_IMAGE.stat().st_size < 300_000
 
 
 # GPU: the lead runs these on the device machine. Tolerances: fp32 CUDA (TF32 off) vs CPU runs
