@@ -12,8 +12,14 @@ Padding modes (what border windows' missing slots hold):
   ``V = W_v p + b_v`` with RoPE at the slot's position. Needed to load the authors' weights.
 * ``"kv"``: the paper's literal form, one learnable key and value vector (1, 2C) after the
   projection (RoPE applied to the key at the slot's position as well).
-* ``"none"``: border windows are simply shorter (variable-length windows). With shift k/2 this is
-  exactly traditional Swin attention (cyclic shift + mask), which the tests prove.
+* ``"none"``: border windows are simply shorter (variable-length windows). When both grid sides
+  are multiples of the window k, this is exactly traditional Swin attention (plain windows for
+  shift 0; cyclic shift by s plus Swin's attention mask otherwise): tests/test_flash_swin.py
+  checks every output token against tests/swin_reference.py for s = 0 and s = k/2 (the model's
+  shift), fp32, 1e-5. On other grids it is not official Swin: Swin zero-pads the token grid
+  bottom/right to multiples of k before partitioning, and those zero tokens stay visible as keys
+  (K = b_k, V = b_v from the qkv bias) to the real tokens of the windows that hold them; here
+  those windows hold only real tokens, so the windows touching the bottom/right border differ.
 """
 
 from __future__ import annotations
