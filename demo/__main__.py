@@ -1,0 +1,105 @@
+"""``python -m demo`` (console script ``hrsam-demo``): export once, validate, then serve the click demo.
+
+The whole pipeline behind ``make demo``: load the model (the bundled default unless ``--model`` /
+``--checkpoint``), make sure an exported engine for it exists (``python -m export onnx``, a
+TensorRT engine where TensorRT runs, ``python -m export check``; cached by model, weights and
+size, see ``demo/pipeline.py``), open the engine and the eager reference, and start Gradio on
+localhost. It prints the URL to open. ``--export-dir`` uses an existing export instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from demo.engines import AUTO, FILE_BACKENDS, EnginePool, ModelSpec, Setting, resolve_backend
+from demo.pipeline import ExportCache, ExportError, default_cache_dir
+from hrsam.checkpoint import DEFAULT_MODEL, read_config
+from hrsam.contract import Sidecar
+from hrsam.modeling.configs import CONFIGS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default=None,
+                        help=f"model config (default: the bundled default, {DEFAULT_MODEL})")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="weights: our .safetensors or the authors' .pth")
+    parser.add_argument("--size", type=int, default=None,
+                        help="padded input side S the engine is exported for (default 1024, or --export-dir's)")
+    parser.add_argument("--engine", default=AUTO,
+                        help="engine backend: auto (TensorRT, else compiled on a GPU, else ONNX Runtime), "
+                             "onnxruntime, tensorrt, compiled, aoti, eager")
+    parser.add_argument("--export-dir", type=Path, default=None, help="use this export (python -m export onnx)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"where exports are cached (default {default_cache_dir()})")
+    parser.add_argument("--no-export", action="store_true",
+                        help="start at once; export when a user first asks for an engine")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="engine precision")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for the network)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: the first free from 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests served at once (Gradio queue)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image accepted")
+    return parser
+
+
+def default_spec(args: argparse.Namespace) -> ModelSpec:
+    """The launch model: its config name and how ``load_model`` / ``python -m export`` select its weights."""
+    if args.checkpoint is not None and args.checkpoint.suffix == ".safetensors":
+        return ModelSpec(read_config(args.checkpoint).name, args.model, args.checkpoint)
+    return ModelSpec(args.model or DEFAULT_MODEL, args.model, args.checkpoint)
+
+
+def prepare(args: argparse.Namespace, pool: EnginePool, spec: ModelSpec, size: int) -> None:
+    """Export (or find) the launch engine, validate it, and open both runners, so the first user waits less."""
+    backend, note = resolve_backend(args.engine)
+    print(f"engine backend: {backend}" + (f" ({note})" if note else ""), flush=True)
+    weights = pool.weights(spec.name)
+    print(f"model {spec.name}, weights {weights.description}", flush=True)
+    if args.no_export and backend in FILE_BACKENDS:
+        return
+    pool.engine(Setting(spec.name, size, backend))
+    pool.eager(spec.name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    temp_root = Path(tempfile.mkdtemp(prefix="hrsam-demo-"))
+    atexit.register(shutil.rmtree, temp_root, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(temp_root / "gradio")  # Gradio reads it when imported
+    try:
+        from demo.app import DemoApp, DemoConfig, launch
+    except ImportError as error:
+        print(f"error: the demo needs Gradio ({error}); install it with: pip install -e '.[demo]'", file=sys.stderr)
+        return 2
+    try:
+        pinned = Sidecar.read(args.export_dir) if args.export_dir else None
+        size = args.size or (pinned.input_size if pinned else 1024)
+        spec = default_spec(args)
+        models = {name: ModelSpec(name, name) for name in CONFIGS} | {spec.name: spec}
+        cache = ExportCache(args.cache_dir or default_cache_dir(), pinned=args.export_dir)
+        pool = EnginePool(models, cache.ensure, device=args.device, precision=args.precision)
+        prepare(args, pool, spec, size)
+        config = DemoConfig(spec.name, size, temp_root, default_engine=args.engine,
+                            max_pixels=int(args.max_megapixels * 1e6), concurrency=args.concurrency)
+        blocks = DemoApp(config, pool).build()
+    except (ValueError, FileNotFoundError, ExportError, RuntimeError) as error:
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    _, url, share_url = launch(blocks, config, server_name=args.host, server_port=args.port, share=args.share,
+                               prevent_thread_lock=True, quiet=True)
+    print(f"HRSAM demo running: open {url}" + (f" (public link {share_url})" if share_url else ""), flush=True)
+    print("press Ctrl+C to stop", flush=True)
+    blocks.block_thread()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

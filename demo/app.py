@@ -1,0 +1,288 @@
+"""The Gradio click demo: upload, click, and compare the engine with eager PyTorch on every click.
+
+Layout: the image (click to segment) with the click controls under it; on the right the image
+source, the model / input size / engine menus and the latency panel (``demo/panel.py``).
+
+Per browser session, a ``demo.session.Session`` lives in ``gr.State`` (its folder is deleted when
+the state expires); runners and embeddings are shared through ``demo.engines.EnginePool``. Every
+callback goes through ``DemoApp._run``: a problem the user can fix becomes a sentence in the status
+line (and a toast), and anything unexpected is logged on the server and shown as one line, never
+as a stack trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from demo.engines import AUTO, EnginePool, Setting, TimedRunner, engine_choices, resolve_backend
+from demo.overlay import render_overlay, save_mask_png
+from demo.panel import clicks_frame, latency_frame, latency_html
+from demo.pipeline import ExportError
+from demo.session import ROLES, BackendResult, Session, Step
+from hrsam.images import to_rgb_uint8
+
+LOG = logging.getLogger("hrsam.demo")
+EXAMPLES = [Path(str(files("hrsam") / "assets" / "example.png"))]
+SIZES = [512, 1024, 2048, 3072, 4096]
+TIMING_NOTE = (
+    "Times are each backend's own encoder / decoder calls; pre- and post-processing are the same code for "
+    "both and not included. Magenta pixels: where the eager mask differs from the engine's."
+)
+CSS = """
+#hrsam-canvas img { cursor: crosshair; }
+.hrsam-panel table { width: 100%; border-collapse: collapse; font-size: 0.92em; }
+.hrsam-panel td, .hrsam-panel th { padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary); }
+.hrsam-panel td:first-child { color: var(--body-text-color-subdued); }
+.hrsam-note { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 6px 0 0 0; }
+#hrsam-banner { background: #fff4d6; border: 1px solid #e8b400; border-radius: 6px; padding: 2px 12px; }
+#hrsam-status .error { color: #c0182b; font-weight: 600; }
+"""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the app offers and its limits (``python -m demo`` fills it from the command line)."""
+
+    default_model: str
+    default_size: int
+    temp_root: Path
+    default_engine: str = AUTO
+    sizes: list[int] = field(default_factory=lambda: list(SIZES))
+    max_pixels: int = 40_000_000
+    max_file_size: str = "50mb"
+    concurrency: int = 2
+
+
+def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
+    """An uploaded file as H x W x 3 uint8 RGB (EXIF orientation applied); ValueError with a sentence if not."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"{name} is {width} x {height} = {width * height / 1e6:.1f} megapixels; this demo accepts up "
+                    f"to {max_pixels / 1e6:.0f} megapixels. Downscale it first."
+                )
+            return to_rgb_uint8(ImageOps.exif_transpose(image))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, TypeError) as error:
+        if isinstance(error, Image.DecompressionBombError):
+            raise ValueError(f"{name} is too large to open safely ({error}).") from None
+        raise ValueError(f"{name} is not an image this demo can read (PNG, JPEG, WebP, BMP, TIFF).") from None
+
+
+def image_digest(image: np.ndarray) -> str:
+    """Identifies an image's pixels (and shape), so sessions showing the same image share embeddings."""
+    return hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+class DemoApp:
+    """The callbacks and the Blocks layout over one ``EnginePool``."""
+
+    def __init__(self, config: DemoConfig, pool: EnginePool) -> None:
+        self.config = config
+        self.pool = pool
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    def _run(self, session: Session | None, work: Callable[[Session], str]) -> tuple:
+        """Run ``work`` on the session under its lock; turn every failure into a visible message."""
+        session = session or Session(root=self.config.temp_root)
+        error = False
+        with session.lock:
+            try:
+                message = work(session)
+            except (ValueError, ExportError, FileNotFoundError, RuntimeError) as problem:
+                message, error = str(problem).strip().splitlines()[0], True
+            except Exception as problem:  # noqa: BLE001 - the UI shows one line; the log keeps the trace
+                LOG.exception("demo callback failed")
+                message, error = f"Unexpected error ({type(problem).__name__}: {problem}); see the server log.", True
+            if error:
+                gr.Warning(message)
+            return self._view(session, message, error)
+
+    def on_upload(self, path: str | None, session: Session | None, model: str, size: int, engine: str,
+                  progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 - Gradio's progress idiom
+        def work(session: Session) -> str:
+            if not path:
+                raise ValueError("No file arrived: choose an image file to upload.")
+            image = read_image(path, self.config.max_pixels)
+            return self._load(session, image, Path(path).name, model, size, engine, progress)
+
+        return self._run(session, work)
+
+    def on_example(self, session: Session | None, model: str, size: int, engine: str, event: gr.SelectData,
+                   progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        def work(session: Session) -> str:
+            path = EXAMPLES[event.index]
+            return self._load(session, read_image(path, self.config.max_pixels), path.name, model, size, engine,
+                              progress)
+
+        return self._run(session, work)
+
+    def on_settings(self, session: Session | None, model: str, size: int, engine: str,
+                    progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        def work(session: Session) -> str:
+            if session.image is None:
+                resolve_backend(engine)  # say now, not at the first upload, that it cannot run
+                return self._weights_line(model)
+            return self._load(session, session.image, session.image_name, model, size, engine, progress)
+
+        return self._run(session, work)
+
+    def on_click(self, session: Session | None, mode: str, event: gr.SelectData) -> tuple:
+        index = event.index if isinstance(event.index, list | tuple) and len(event.index) == 2 else (None, None)
+        return self._run(session, lambda s: self._click(s, index[0], index[1], mode == "positive"))
+
+    def on_undo(self, session: Session | None) -> tuple:
+        def work(session: Session) -> str:
+            return "Last click undone." if session.undo() else "Nothing to undo."
+
+        return self._run(session, work)
+
+    def on_reset(self, session: Session | None) -> tuple:
+        def work(session: Session) -> str:
+            session.reset()
+            return "All clicks cleared." if session.image is not None else "Nothing to reset."
+
+        return self._run(session, work)
+
+    # -- work ----------------------------------------------------------------------------------
+
+    def _weights_line(self, model: str) -> str:
+        weights = self.pool.weights(model)
+        return f"Model {model}: weights {weights.description}."
+
+    def _load(self, session: Session, image: np.ndarray, name: str, model: str, size: int, engine: str,
+              progress: gr.Progress) -> str:
+        """Encode ``image`` with the engine and the eager reference (or reuse cached embeddings)."""
+        backend, fallback_note = resolve_backend(engine)
+        setting = Setting(model, int(size), backend)
+        progress(0.05, desc=f"Opening the {backend} engine (an ONNX export runs once per model and size)")
+        engine_runner = self.pool.engine(setting)
+        digest = image_digest(image)
+        progress(0.4, desc=f"Encoding with {backend}")
+        encodings = {"engine": self.pool.encode(engine_runner, image, digest, setting.size)}
+        progress(0.7, desc="Encoding with eager PyTorch")
+        encodings["eager"] = self.pool.encode(self.pool.eager(model), image, digest, setting.size)
+        session.load(image, name, setting, encodings, [fallback_note, engine_runner.note])
+        height, width = image.shape[:2]
+        return f"{name} ({width} x {height}) encoded at input size {setting.size}: click on the object."
+
+    def _click(self, session: Session, x: Any, y: Any, positive: bool) -> str:
+        """Decode one click with both backends, each with its own previous mask as the prompt."""
+        click = session.check_click(x, y, positive)
+        coords, labels = session.points(click)
+        results = {}
+        for role in ROLES:
+            predictor = session.encodings[role].predictor
+            masks, scores, low_res = predictor.predict(coords, labels, mask_input=session.mask_prompt(role))
+            runner: TimedRunner = predictor.runner
+            results[role] = BackendResult.from_mask(masks[0], low_res, scores[0], runner.last_ms("decode"))
+        session.add(Step(click, results))
+        kind = "Positive" if positive else "Negative"
+        return f"{kind} click at ({click.x}, {click.y}): mask of {results['engine'].area} pixels."
+
+    # -- view ----------------------------------------------------------------------------------
+
+    def _view(self, session: Session, message: str, error: bool) -> tuple:
+        """Every output of every callback, derived from the session."""
+        css_class = "error" if error else "info"
+        status = f"<p class='{css_class}'>{message}</p>" if message else ""
+        if session.image is None:
+            return session, None, status, latency_html(session, []), latency_frame(session), clicks_frame(
+                session), gr.DownloadButton(value=None, interactive=False)
+        last = session.last
+        mask = last.results["engine"].mask if last else None
+        disagreement = mask ^ last.results["eager"].mask if last else None
+        overlay = render_overlay(session.image, mask, session.clicks, disagreement)
+        notes = session.notes + [session.encodings["engine"].predictor.runner.note, TIMING_NOTE]
+        download = gr.DownloadButton(value=None, interactive=False)
+        if mask is not None:
+            folder = session.workdir()
+            for old in folder.glob("*-mask-*.png"):
+                old.unlink()
+            path = folder / f"{Path(session.image_name).stem}-mask-{len(session.steps)}clicks.png"
+            download = gr.DownloadButton(value=str(save_mask_png(mask, path)), interactive=True)
+        return (session, overlay, status, latency_html(session, notes), latency_frame(session),
+                clicks_frame(session), download)
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def banner(self, model: str) -> str:
+        weights = self.pool.weights(model)
+        if not weights.random:
+            return ""
+        return (
+            f"**The weights of {model} are random** ({weights.description}): no trained model is bundled yet, so "
+            "the masks do not follow objects. The demo shows the pipeline, the engine-vs-eager agreement and "
+            "the latency."
+        )
+
+    def build(self) -> gr.Blocks:
+        config = self.config
+        with gr.Blocks(title="HRSAM click demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+            state = gr.State(None, time_to_live=3600, delete_callback=lambda s: s.close() if s else None)
+            gr.Markdown("## HRSAM click demo: engine vs eager PyTorch, click by click")
+            banner = gr.Markdown(self.banner(config.default_model), elem_id="hrsam-banner",
+                                 visible=bool(self.banner(config.default_model)))
+            with gr.Row():
+                with gr.Column(scale=3):
+                    canvas = gr.Image(label="Click on the image to segment", interactive=False, type="numpy",
+                                      format="png", height=560, elem_id="hrsam-canvas", buttons=["fullscreen"])
+                    with gr.Row():
+                        mode = gr.Radio([("Positive click (+)", "positive"), ("Negative click (−)", "negative")],
+                                        value="positive", label="Next click", elem_id="hrsam-mode", scale=3)
+                        undo = gr.Button("Undo", elem_id="hrsam-undo", scale=1)
+                        reset = gr.Button("Reset", elem_id="hrsam-reset", scale=1)
+                        download = gr.DownloadButton("Download mask (PNG)", interactive=False,
+                                                     elem_id="hrsam-download", scale=2)
+                    status = gr.HTML("<p>Upload an image or pick the example to start.</p>", elem_id="hrsam-status")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        upload = gr.UploadButton("Upload an image", file_types=["image"], type="filepath",
+                                                 elem_id="hrsam-upload", variant="primary")
+                    examples = gr.Gallery([str(p) for p in EXAMPLES], label="…or pick an example", columns=4,
+                                          height=120, allow_preview=False, elem_id="hrsam-examples")
+                    with gr.Row():
+                        model = gr.Dropdown(sorted(self.pool.models), value=config.default_model, label="Model")
+                        size = gr.Dropdown(sorted({*config.sizes, config.default_size}), value=config.default_size,
+                                           label="Input size", info="padded side S")
+                        engine = gr.Dropdown(engine_choices(), value=config.default_engine, label="Engine")
+                    panel = gr.HTML(latency_html(Session(), []), elem_id="hrsam-latency")
+                    plot = gr.LinePlot(latency_frame(Session()), x="click", y="decoder ms", color="backend",
+                                       title="Decoder time per click", height=220, elem_id="hrsam-plot")
+                    table = gr.Dataframe(clicks_frame(Session()), label="Clicks", interactive=False,
+                                         elem_id="hrsam-clicks")
+            gr.Markdown(
+                f"Up to {config.concurrency} requests run at once; others wait in the queue. Images up to "
+                f"{config.max_pixels / 1e6:.0f} megapixels and {config.max_file_size}. Each session's files live in "
+                "its own temporary folder, deleted when the session expires."
+            )
+            outputs = [state, canvas, status, panel, plot, table, download]
+            settings = [model, size, engine]
+            upload.upload(self.on_upload, [upload, state, *settings], outputs)
+            examples.select(self.on_example, [state, *settings], outputs)
+            for menu in settings:
+                menu.input(self.on_settings, [state, *settings], outputs)
+            model.input(lambda m: gr.Markdown(self.banner(m), visible=bool(self.banner(m))), model, banner)
+            canvas.select(self.on_click, [state, mode], outputs, trigger_mode="multiple")
+            undo.click(self.on_undo, state, outputs)
+            reset.click(self.on_reset, state, outputs)
+        blocks.queue(default_concurrency_limit=config.concurrency, max_size=64)
+        return blocks
+
+
+def launch(blocks: gr.Blocks, config: DemoConfig, **kwargs: Any) -> tuple[Any, str, str | None]:
+    """Start the server (``kwargs`` go to ``Blocks.launch``: server_name, server_port, share, ...)."""
+    return blocks.launch(max_file_size=config.max_file_size, css=CSS, **kwargs)
