@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -17,9 +18,11 @@ from safetensors.torch import save_file
 from hrsam.checkpoint import (
     load_authors_checkpoint,
     load_checkpoint,
+    load_model,
     map_authors_state_dict,
     read_config,
     save_checkpoint,
+    weights_sha256,
 )
 from hrsam.modeling.configs import ModelConfig, get_config
 from hrsam.modeling.interactive import build_model
@@ -184,3 +187,130 @@ def test_authors_checkpoint_from_file(tmp_path: Path) -> None:
     path = tmp_path / "iter_160000.pth"
     torch.save({"meta": {"iter": 160000}, "state_dict": authors_state_dict("hrsam_tiny")}, path)
     assert load_authors_checkpoint(build_model("hrsam_tiny"), path, strict=True).complete
+
+
+# --- load_model: the one loader behind the CLI and open_predictor -----------------------------
+
+
+def test_authors_checkpoint_with_rope_buffer_loads_strictly(tmp_path: Path) -> None:
+    """Their backbone saves its RoPE table as a persistent buffer; it is ignored, not 'unexpected'."""
+    source = authors_state_dict("hrsampp_tiny")
+    source["backbone.rope.freqs"] = torch.randn(16, 16, 32)
+    report = load_authors_checkpoint(build_model("hrsampp_tiny"), {"state_dict": source}, strict=True)
+    assert report.complete and report.ignored == ["backbone.rope.freqs"]
+    path = tmp_path / "iter_160000.pth"
+    torch.save({"meta": {"iter": 160000}, "state_dict": source}, path)
+    loaded = load_model(checkpoint=path)  # no name: the config the tensors fit
+    assert loaded.model.config.name == "hrsampp_tiny" and not loaded.missing and not loaded.random_weights
+    assert loaded.weights.startswith(f"{path} (authors' checkpoint, sha256 ")
+    torch.testing.assert_close(
+        loaded.model.state_dict()["encoder.ms_scans.1.A_log"], source["backbone.ms_mamba_blocks.1.As_log"]
+    )
+
+
+@pytest.mark.parametrize("name", ["hrsam_tiny", "hrsampp_tiny"])
+def test_plain_state_dict_loads_exactly(name: str, tmp_path: Path) -> None:
+    """torch.save(model.state_dict()): our key names, no config; the config is found from the tensors."""
+    model = load_model(name, seed=3).model
+    path = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(checkpoint=path)
+    assert loaded.model.config == model.config and not loaded.missing and not loaded.random_weights
+    assert weights_sha256(loaded.model) == weights_sha256(model)
+
+
+def test_plain_state_dict_gives_identical_outputs(tmp_path: Path) -> None:
+    model = load_model("hrsam_tiny", seed=3).model
+    path = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_model("hrsam_tiny", path).model
+    image, coords, labels = torch.randn(1, 3, 128, 128), torch.tensor([[[30.0, 40.0]]]), torch.ones(1, 1)
+    mask, has_mask = torch.zeros(1, 1, 32, 32), torch.zeros(1)
+    with torch.inference_mode():
+        embeddings = [m.encode(image) for m in (model, loaded)]
+        pairs = zip((model, loaded), embeddings, strict=True)
+        outputs = [m.decode(e, coords, labels, mask, has_mask) for m, e in pairs]
+    torch.testing.assert_close(embeddings[1], embeddings[0], rtol=0, atol=0)
+    for ours, theirs in zip(*outputs, strict=True):
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
+
+
+def test_partial_checkpoint_is_refused_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "sam.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, path)  # SAM's names: 0 of 367 fit
+    with pytest.raises(ValueError, match=r"missing 367 \[encoder\.pos_embed, .*unexpected 1 \[image_encoder"):
+        load_model("hrsam_tiny", path)
+    loaded = load_model("hrsam_tiny", path, allow_partial=True, seed=5)
+    assert len(loaded.missing) == 367 and "367 of 367 weights left random" in loaded.weights
+    assert weights_sha256(loaded.model) == weights_sha256(load_model("hrsam_tiny", seed=5).model)
+
+    ours = load_model("hrsam_tiny").model.state_dict()
+    del ours["encoder.blocks.1.attn.padding"]
+    torch.save(ours, path)
+    with pytest.raises(ValueError, match=r"does not cover model 'hrsam_tiny': missing 1 \[encoder.blocks.1.attn"):
+        load_model(checkpoint=path)
+    assert load_model(checkpoint=path, allow_partial=True).missing == ["encoder.blocks.1.attn.padding"]
+
+
+def test_safetensors_config_must_match_the_name(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(load_model("hrsam_tiny").model, path)
+    with pytest.raises(ValueError, match="holds model 'hrsam_tiny', not 'hrsampp_vit_b'"):
+        load_model("hrsampp_vit_b", path)
+    assert load_model(None, path).model.config.name == "hrsam_tiny"
+    assert load_model("hrsam_tiny", path).weights.startswith(f"{path} (sha256 ")
+
+
+def test_state_dict_of_another_size_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "pp.pth"
+    torch.save(load_model("hrsampp_tiny").model.state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit model 'hrsam_tiny': 4 tensors have other shapes") as error:
+        load_model("hrsam_tiny", path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def _torch_file(path: Path) -> bytes:
+    torch.save({"w": torch.zeros(64)}, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (lambda path: b"hello, not a checkpoint", "neither a torch.save zip archive nor a pickle"),
+        (lambda path: _torch_file(path)[:200], "zip archive torch.save writes is truncated or corrupted"),
+        (lambda path: b"\x80\x02garbage", "a pickle that cannot be read"),
+        (lambda path: b"", "the file is empty"),
+    ],
+    ids=["text", "truncated", "bad-pickle", "empty"],
+)
+def test_unreadable_torch_files_are_one_line(content, reason: str, tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    path.write_bytes(content(path))
+    with pytest.raises(ValueError, match=f"{path} is not a readable PyTorch checkpoint") as error:
+        load_model(checkpoint=path)
+    assert reason in str(error.value) and "\n" not in str(error.value) and "weights_only" not in str(error.value)
+
+
+def test_non_tensor_objects_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "mmengine.pth"
+    torch.save({"meta": {"epoch": np.float64(1.0)}, "state_dict": {}}, path)
+    with pytest.raises(ValueError, match=r"holds Python objects besides tensors \(numpy\.") as error:
+        load_model(checkpoint=path)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("data", [b"\x10\x00\x00\x00\x00\x00\x00\x00{not json", b"short"])
+def test_corrupt_safetensors_is_one_line(data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=f"{path} is not a readable safetensors file") as error:
+        load_model(checkpoint=path)
+    assert "\n" not in str(error.value)
+
+
+def test_safetensors_without_our_config_is_a_state_dict(tmp_path: Path) -> None:
+    model = load_model("hrsam_tiny", seed=2).model
+    path = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    assert weights_sha256(load_model(checkpoint=path).model) == weights_sha256(model)
