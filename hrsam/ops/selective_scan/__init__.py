@@ -10,6 +10,8 @@ or ``HRSAM_SELECTIVE_SCAN_BACKEND``):
 - ``triton``: our chunked Triton kernels (CUDA; float32/float16/bfloat16), the kernels the
   TensorRT plugin launches;
 - ``mamba_ssm``: mamba-ssm's ``selective_scan_fn`` when the package and its CUDA extension load;
+- ``cpu``: our C kernel (``cpu_scan.c``, channels in SIMD lanes, OpenMP over channel blocks),
+  compiled at first use and cached (``cpu_backend``); CPU float32/float16/bfloat16;
 - ``reference``: the chunked pure-torch formulation (any device, any float dtype).
 
 Backward: mamba-ssm's fused CUDA backward when it can run the inputs, otherwise autograd through
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
 from hrsam.ops.replay import replay_backward
-from hrsam.ops.selective_scan import mamba_backend
+from hrsam.ops.selective_scan import cpu_backend, mamba_backend
 from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
 
 __all__ = ["selective_scan", "selective_scan_backward"]
@@ -74,6 +76,7 @@ def _run_triton(*args: object) -> Tensor:
 BACKENDS = [
     Backend("triton", _supports_triton, _run_triton),
     Backend("mamba_ssm", _supports_mamba, mamba_backend.forward),
+    Backend("cpu", cpu_backend.supports, cpu_backend.forward),
     Backend("reference", _supports_reference, selective_scan_chunked),
 ]
 register(OP, BACKENDS)
