@@ -69,7 +69,7 @@ def test_export_keeps_one_custom_node() -> None:
 
 def test_backend_override_falls_back_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     q, k, v, cu_q, cu_k, mq, mk = random_problem()
-    assert available_backends("varlen_attention") == ["torch", "xformers", "reference"]
+    assert available_backends("varlen_attention") == ["torch", "triton", "xformers", "reference"]
     assert available_backends("varlen_attention", q, k, v) == ["reference"]
     with caplog.at_level(logging.WARNING, logger="hrsam.ops"), use_backend("varlen_attention", "torch"):
         out = varlen_attention(q, k, v, cu_q, cu_k, mq, mk)

@@ -10,6 +10,8 @@ Backends, tried in this order unless ``use_backend("varlen_attention", name)`` o
 environment variable ``HRSAM_VARLEN_ATTENTION_BACKEND`` forces one:
 
 * ``torch``: PyTorch's flash (fp16/bf16) / memory-efficient (fp32) varlen kernels, CUDA only;
+* ``triton``: our Triton kernel (``triton_kernel.py``; CUDA, fp32/fp16/bf16, head dim 16-128),
+  the kernel the TensorRT plugin compiles ahead of time;
 * ``xformers``: ``BlockDiagonalMask`` with separate q/kv lengths, CUDA, when its kernels load;
 * ``reference``: pure torch (padded windows + masked SDPA), any device and dtype.
 
@@ -39,8 +41,25 @@ def _reference_supports(q: Tensor, *_: object) -> str | None:
     return None if q.dtype.is_floating_point else f"dtype {q.dtype} is not floating point"
 
 
+def _triton_supports(q: Tensor, k: Tensor, v: Tensor, *_: object) -> str | None:
+    if q.device.type != "cuda":
+        return "needs a CUDA tensor"
+    try:
+        from hrsam.ops.varlen_attention import triton_kernel
+    except ImportError as error:  # triton is optional on CPU installs
+        return f"triton is not importable ({error})"
+    return triton_kernel.unsupported_reason(q, v)
+
+
+def _run_triton(*args: object) -> Tensor:
+    from hrsam.ops.varlen_attention.triton_kernel import varlen_attention_triton
+
+    return varlen_attention_triton(*args)
+
+
 BACKENDS = [
     Backend("torch", torch_supports, torch_varlen_attention),
+    Backend("triton", _triton_supports, _run_triton),
     Backend("xformers", xformers_supports, xformers_varlen_attention),
     Backend("reference", _reference_supports, varlen_attention_reference),
 ]
