@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("export.onnx_export", "export.check")
+COMMANDS = ("export.onnx_export", "export.check", "export.aoti")
 
 
 class UserError(Exception):

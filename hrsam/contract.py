@@ -77,6 +77,9 @@ META_MODEL = "hrsam.model"
 META_INPUT_SIZE = "hrsam.input_size"
 META_WEIGHTS = "hrsam.weights_sha256"
 META_PORTABLE = "hrsam.portable"  # "1": standard ops only, "0": hrsam custom nodes
+# AOTInductor packages carry the metadata above plus these (``python -m export aoti``).
+META_PRECISION = "hrsam.precision"  # "fp32", "bf16" or "fp16": the autocast compiled in
+META_MAX_POINTS = "hrsam.max_points"  # decoder only: the most prompt points the package takes
 
 
 @dataclass
@@ -84,7 +87,8 @@ class Sidecar:
     """``model.json``: what the exported files are and how to feed them (see docs/EXPORT.md).
 
     ``engines`` maps a part ("encoder" / "decoder") of a built engine to its record (file, sha256,
-    precision, TensorRT version, GPU), filled in by ``python -m export engine``.
+    precision, TensorRT version, GPU), filled in by ``python -m export engine``. ``aoti`` does the
+    same for AOTInductor packages (``AOTI_FILES``), filled in by ``python -m export aoti``.
     """
 
     model: str
@@ -95,11 +99,13 @@ class Sidecar:
     weights: str
     random_weights: bool
     portable: bool
+    source: dict[str, Any] = field(default_factory=dict)  # how to rebuild the eager model: checkpoint, seed
     opset: int = OPSET
     custom_ops: list[str] = field(default_factory=list)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aoti: dict[str, dict[str, Any]] = field(default_factory=dict)
     exporter: dict[str, str] = field(default_factory=dict)
     format: str = EXPORT_FORMAT
     format_version: int = EXPORT_FORMAT_VERSION

@@ -165,10 +165,7 @@ class HRSAMPredictor:
             masks C x H x W (bool, or float32 logits), scores C (float32), low-res logits C x 4h x 4w
             (float32), with C = 3 for multimask output, else 1.
         """
-        self._require_image()
-        coords, labels = self._prepare_points(point_coords, point_labels)
-        mask, has_mask = self._prepare_mask(mask_input)
-        iou, low_res = self.runner.decode(self.features, coords, labels, mask, has_mask)
+        iou, low_res = self.runner.decode(self.features, *self.prompt_tensors(point_coords, point_labels, mask_input))
         iou, low_res = select_single_mask(iou, low_res, multimask_output)
         logits = postprocess_logits(low_res, self.target_size, self.input_size, self.original_size)
         masks = logits if return_logits else logits > 0
@@ -177,6 +174,19 @@ class HRSAMPredictor:
             iou[0].float().cpu().numpy(),
             low_res[0].float().cpu().numpy(),
         )
+
+    def prompt_tensors(
+        self, point_coords: Any, point_labels: Any, mask_input: Any = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Validated decoder inputs for the current image (what ``predict`` passes to the runner).
+
+        Returns point_coords [1, N + 1, 2] in pixels of the padded input (SAM's padding point
+        appended), point_labels [1, N + 1], mask_input [1, 1, 4h, 4w] and has_mask_input [1].
+        """
+        self._require_image()
+        coords, labels = self._prepare_points(point_coords, point_labels)
+        mask, has_mask = self._prepare_mask(mask_input)
+        return coords, labels, mask, has_mask
 
     def _require_image(self) -> None:
         if self.features is None:

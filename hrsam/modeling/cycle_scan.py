@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrsam.ops.selective_scan import selective_scan
+from hrsam.ops.selective_scan.reference import selective_scan_chunked
+
+# Steps per chunk of the portable (standard-op) scan: the exported graph unrolls L / 512 chunks
+# of a 9-step doubling scan, each holding [batch, dim, N, 512] intermediates.
+PORTABLE_SCAN_CHUNK = 512
 
 # The authors' parameter names (suffix after the module prefix) -> ours. Everything not listed
 # keeps its name: in_norm.*, ssm_proj.*, gamma, out_norm.*, out_proj.*.
@@ -71,6 +76,7 @@ class CycleScan(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, repeats, 1))
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.portable = False  # set by HRSAMEncoder.set_portable: the chunked reference, standard ops
         # Like Mamba: the dt rows of ssm_proj start small and uniform, the bias at zero (the dt
         # offset lives in dt_bias); A_log and D are excluded from weight decay by optimisers
         # that honour the flag.
@@ -109,7 +115,8 @@ class CycleScan(nn.Module):
         def tiled(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, repeats * Ls], copy-major
             return t.transpose(1, 2).to(dtype).repeat(1, 1, self.repeats)
 
-        y = selective_scan(
+        scan = self._portable_scan if self.portable else selective_scan
+        y = scan(
             tiled(u),
             tiled(dt),
             -torch.exp(self.A_log.to(dtype)),
@@ -121,3 +128,7 @@ class CycleScan(nn.Module):
         )
         y = (y.view(batch, dim, self.repeats, length) * self.gamma.to(dtype)).sum(dim=2)
         return y.transpose(1, 2)
+
+    @staticmethod
+    def _portable_scan(*args: Tensor, delta_softplus: bool) -> Tensor:
+        return selective_scan_chunked(*args, delta_softplus, chunk=PORTABLE_SCAN_CHUNK)

@@ -88,10 +88,22 @@ class HRSAMEncoder(nn.Module):
         scales = 2 if config.multi_scale else 1
         self.neck = Neck(scales * dim, config.out_dim, stages)
         self._layouts: dict[tuple, tuple[AttentionLayout, AttentionLayout]] = {}
+        self.portable = False
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def _scan(self) -> CycleScan:
         return CycleScan(self.config.embed_dim, state_dim=self.config.state_dim, repeats=self.config.scan_repeats)
+
+    def set_portable(self, enabled: bool) -> None:
+        """Compute with standard tensor ops only (for ``--portable`` ONNX export); same function.
+
+        Attention runs as padded dense windows (``hrsam.modeling.dense_windows``) and every
+        Cycle-scan as the chunked reference scan, so an exported graph has no ``hrsam`` nodes.
+        """
+        self.portable = bool(enabled)
+        for module in self.modules():
+            if isinstance(module, CycleScan):
+                module.portable = self.portable
 
     def grids(self, height: int, width: int) -> tuple[Grid, ...]:
         """Token grids of one image: the main grid, then the anchor grid for HRSAM++."""
@@ -121,7 +133,7 @@ class HRSAMEncoder(nn.Module):
         self, grids: tuple[Grid, ...], batch: int, device: torch.device
     ) -> tuple[AttentionLayout, AttentionLayout]:
         """(plain, shifted) layouts for these grids, built once per (grids, batch, device)."""
-        key = (grids, batch, str(device))
+        key = (grids, batch, str(device), self.portable)
         if key not in self._layouts:
             if torch.compiler.is_compiling():
                 raise RuntimeError(
@@ -132,7 +144,9 @@ class HRSAMEncoder(nn.Module):
                 del self._layouts[next(iter(self._layouts))]
             window, head_dim = self.config.window, self.config.head_dim
             self._layouts[key] = tuple(
-                AttentionLayout.build(window_plan(grids, window, shift, True, batch), head_dim, device)
+                AttentionLayout.build(
+                    window_plan(grids, window, shift, True, batch), head_dim, device, dense=self.portable
+                )
                 for shift in (0, window // 2)
             )
         return self._layouts[key]

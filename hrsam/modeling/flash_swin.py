@@ -30,6 +30,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from hrsam.modeling.dense_windows import (
+    DenseWindows,
+    build_dense_windows,
+    dense_window_attention,
+    dense_windows_to,
+)
 from hrsam.modeling.rope import apply_rope, rope_tables
 from hrsam.modeling.window_plan import WindowPlan
 from hrsam.ops.varlen_attention import varlen_attention
@@ -42,6 +48,7 @@ class AttentionLayout:
     """A window plan moved to a device, with its RoPE tables: what one attention layer consumes.
 
     Built once per input size; every tensor here becomes a constant of an exported graph.
+    ``dense`` (portable export only) holds the same layout as padded dense batches.
     """
 
     plan: WindowPlan
@@ -54,11 +61,18 @@ class AttentionLayout:
     q_sin: Tensor
     k_cos: Tensor
     k_sin: Tensor
+    dense: DenseWindows | None = None
 
     @classmethod
     def build(
-        cls, plan: WindowPlan, head_dim: int, device: torch.device | str, rope_theta: float = 10000.0
+        cls,
+        plan: WindowPlan,
+        head_dim: int,
+        device: torch.device | str,
+        rope_theta: float = 10000.0,
+        dense: bool = False,
     ) -> AttentionLayout:
+        """Move ``plan`` to ``device`` with its RoPE tables; ``dense`` adds the padded-batch form."""
         q_cos, q_sin = rope_tables(plan.q_coords, head_dim, rope_theta)
         k_cos, k_sin = rope_tables(plan.kv_coords, head_dim, rope_theta)
         tensors = {
@@ -72,7 +86,14 @@ class AttentionLayout:
             "k_cos": k_cos,
             "k_sin": k_sin,
         }
-        return cls(plan=plan, **{name: t.to(device) for name, t in tensors.items()})
+        windows = None
+        if dense:
+            windows = build_dense_windows(
+                plan.q_index, plan.q_inverse, plan.kv_index, plan.cu_seqlens_q, plan.cu_seqlens_k,
+                plan.max_seqlen_q, plan.max_seqlen_k, (q_cos, q_sin, k_cos, k_sin),
+            )
+            windows = dense_windows_to(windows, device)
+        return cls(plan=plan, dense=windows, **{name: t.to(device) for name, t in tensors.items()})
 
 
 class FlashSwinAttention(nn.Module):
@@ -109,12 +130,18 @@ class FlashSwinAttention(nn.Module):
         if plan.kv_padding != (self.padding_mode != "none"):
             raise ValueError(f"layout built with kv_padding={plan.kv_padding} for padding mode {self.padding_mode!r}")
         c, h, d = self.dim, self.num_heads, self.head_dim
+        dense = layout.dense
         qkv = self.qkv(x)
-        q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
         kv = qkv[:, c:]
         pad = self._padding_kv()
         if pad is not None:
             kv = torch.cat([kv, pad.to(kv.dtype)], dim=0)
+        if dense is not None:  # portable form: padded dense windows, standard ops only
+            q = apply_rope(qkv[:, :c].index_select(0, dense.q_gather).view(-1, h, d), dense.q_cos, dense.q_sin)
+            k, v = kv.index_select(0, dense.kv_gather).view(-1, 2, h, d).unbind(1)
+            out = dense_window_attention(q, apply_rope(k, dense.k_cos, dense.k_sin), v, dense, d**-0.5)
+            return self.proj(out.reshape(-1, c).index_select(0, dense.out_gather))
+        q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
         k, v = kv.index_select(0, layout.kv_index).view(-1, 2, h, d).unbind(1)
         q = apply_rope(q, layout.q_cos, layout.q_sin)
         k = apply_rope(k, layout.k_cos, layout.k_sin)
