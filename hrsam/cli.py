@@ -150,7 +150,7 @@ def describe(job: SegmentJob, args: argparse.Namespace) -> str:
     """Which model ran on what, with which weights: printed before the encoder starts."""
     config = job.loaded.model.config.name
     chosen = " (from the checkpoint)" if args.model is None and args.checkpoint is not None else ""
-    threads = f", {torch.get_num_threads()} CPU threads" if job.device.type == "cpu" else ""
+    threads = f", torch threads {torch.get_num_threads()}" if job.device.type == "cpu" else ""
     height, width = job.image.shape[:2]
     return (
         f"model {config}{chosen}, weights: {job.loaded.weights}\n"
@@ -182,7 +182,7 @@ def segment(args: argparse.Namespace) -> int:
     print(describe(job, args), flush=True)
     _, timing = _timing(
         lambda: predictor.set_image(job.image, target_size=job.target_size), device, args.benchmark,
-        "set-up: index plans, RoPE tables",
+        "set-up: torch's lazy imports, index plans, RoPE tables",
     )
     print(f"encoder: {timing}", flush=True)
     logits = None

@@ -238,7 +238,7 @@ def test_benchmark_and_threads(tmp_path: Path, capsys: pytest.CaptureFixture[str
         printed, _ = run_ok(["--benchmark", "2", "--threads", "1", "--points", "220,260,1"], tmp_path / "o", capsys)
     finally:
         torch.set_num_threads(threads)
-    assert "device cpu, 1 CPU threads" in printed
+    assert "device cpu, torch threads 1" in printed
     assert "encoder: " in printed and "median of 2" in printed.split("encoder: ")[1].splitlines()[0]
     assert printed.count("median of 2") == 2  # the encoder and the one click
 
