@@ -1,1 +1,0 @@
-"""Gluon (explicit-layout Triton) version of the chunked scan: an experiment, not a backend."""

@@ -1,0 +1,158 @@
+"""``python -m hrsam.eval``: evaluate a model with the standard click protocol on the eager backend.
+
+Data sets (``--dataset``, several comma-separated): ``synthetic`` (the held-out procedural set:
+``--synthetic-count`` scenes of ``--synthetic-size``, seed ``HELD_OUT_SEED``), ``real`` (the
+bundled photographs), ``davis`` / ``hqseg44k`` / ``folder`` (``--root``), ``coco`` (``--annotations``
+and ``--image-root``). Writes per-object and summary JSON, ``summary.md`` (a table) and an
+mIoU-vs-clicks plot per data set under ``--out``. ``--compare-untrained`` evaluates the same config
+with random weights beside it. ``trt_runtime.evaluate`` reuses this parser and ``run`` with other
+backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from hrsam.checkpoint import DEFAULT_MODEL, load_model, read_config
+from hrsam.data import HELD_OUT_SEED, LAYOUTS, FolderDataset, RealPhotos, SyntheticSamples, SyntheticScenes
+from hrsam.data.samples import Sample
+from hrsam.evaluation import evaluate, plot_curves, table, write_result
+from hrsam.modeling.configs import CONFIGS
+from hrsam.modeling.interactive import build_model
+from hrsam.predictor import HRSAMPredictor
+from hrsam.runner import EagerRunner, autocast_dtype_of
+
+# Opens the predictor to evaluate: (arguments, untrained) -> predictor.
+PredictorFactory = Callable[[argparse.Namespace, bool], HRSAMPredictor]
+DATASETS = ("synthetic", "real", "coco", *LAYOUTS)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """"WxH" (or one number for a square) -> (height, width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT or one number, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 32:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT with sides >= 32, got {text!r}")
+    return parts[1], parts[0]
+
+
+def build_parser(prog: str = "python -m hrsam.eval") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic,real", help=f"comma-separated, of {', '.join(DATASETS)}")
+    data.add_argument("--root", help="dataset root for davis / hqseg44k / folder")
+    data.add_argument("--annotations", help="COCO / LVIS annotation JSON (dataset coco)")
+    data.add_argument("--image-root", help="image folder of the COCO / LVIS annotations")
+    data.add_argument("--synthetic-count", type=int, default=100, help="held-out synthetic scenes")
+    data.add_argument("--synthetic-size", type=_size, default=(768, 1024), metavar="WxH",
+                      help="size of the synthetic scenes")
+    data.add_argument("--synthetic-seed", type=int, default=HELD_OUT_SEED, help="seed of the held-out set")
+    data.add_argument("--limit", type=int, default=None, help="evaluate only the first N objects of each set")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=sorted(CONFIGS), default=None, help="model config")
+    model.add_argument("--checkpoint", default=None, help="weights (.safetensors or .pth)")
+    model.add_argument("--untrained", action="store_true", help="evaluate random weights of the config only")
+    model.add_argument("--compare-untrained", action="store_true", help="also evaluate random weights")
+    model.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    model.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    model.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--target-size", type=int, default=None, help="padded input side S (default: 1024)")
+    protocol.add_argument("--max-clicks", type=int, default=20, help="click budget per object")
+    parser.add_argument("--out", default="outputs/eval", help="output folder")
+    parser.add_argument("--label", default=None, help="name of this run in the table (default: the weights)")
+    return parser
+
+
+def load_datasets(args: argparse.Namespace) -> dict[str, Sequence[Sample]]:
+    """The requested data sets by name; a clear error for unknown names or missing paths."""
+    names = [name.strip() for name in args.dataset.split(",") if name.strip()]
+    sets: dict[str, Sequence[Sample]] = {}
+    for name in names:
+        if name == "synthetic":
+            height, width = args.synthetic_size
+            scenes = SyntheticScenes(args.synthetic_count, height, width, objects=4, seed=args.synthetic_seed)
+            sets[name] = SyntheticSamples(scenes)
+        elif name == "real":
+            sets[name] = RealPhotos()
+        elif name == "coco":
+            if not (args.annotations and args.image_root):
+                raise ValueError("dataset coco needs --annotations FILE and --image-root DIR")
+            from hrsam.data.coco import CocoInstances
+
+            sets[name] = CocoInstances(args.annotations, args.image_root)
+        elif name in LAYOUTS:
+            if not args.root:
+                raise ValueError(f"dataset {name} needs --root DIR")
+            sets[name] = FolderDataset.from_layout(args.root, name)
+        else:
+            raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if not sets:
+        raise ValueError("no dataset given (--dataset)")
+    return sets
+
+
+def open_eager(args: argparse.Namespace, untrained: bool) -> HRSAMPredictor:
+    """The eager predictor of ``args`` (its weights, or random weights of its config)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    if untrained:
+        name = args.model or (read_config(args.checkpoint).name if args.checkpoint else DEFAULT_MODEL)
+        torch.manual_seed(args.seed)
+        model, weights = build_model(name), f"random (seed {args.seed})"
+    else:
+        loaded = load_model(args.model, args.checkpoint, seed=args.seed)
+        model, weights = loaded.model, loaded.weights
+    runner = EagerRunner(model.to(device), autocast_dtype_of(args.precision), weights=weights)
+    return HRSAMPredictor(runner)
+
+
+def run(args: argparse.Namespace, open_predictor: PredictorFactory = open_eager) -> int:
+    """Evaluate every requested model on every requested data set; print and write the results."""
+    datasets = load_datasets(args)
+    out = Path(args.out)
+    runs = [("untrained", True)] if args.untrained else [(args.label or "model", False)]
+    if args.compare_untrained and not args.untrained:
+        runs.append(("untrained", True))
+    summaries: dict[str, dict[str, dict]] = {name: {} for name in datasets}
+    for label, untrained in runs:
+        predictor = open_predictor(args, untrained)
+        print(f"[{label}] {predictor.runner.info.describe()}", flush=True)
+        for name, dataset in datasets.items():
+            result = evaluate(predictor, dataset, max_clicks=args.max_clicks, target_size=args.target_size,
+                              limit=args.limit, progress=sys.stderr.isatty())
+            summaries[name][label] = write_result(result, out, f"{name}-{label}")
+    report = []
+    for name, by_label in summaries.items():
+        report += [f"## {name} (target size {next(iter(by_label.values()))['target_size']})", "", table(by_label), ""]
+        print(plot_curves(by_label, out / f"{name}_miou.png"))
+    text = "\n".join(report)
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, open_predictor: PredictorFactory = open_eager,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse, run, and turn input errors into one line on stderr (exit status 2)."""
+    args = (parser or build_parser()).parse_args(argv)
+    try:
+        return run(args, open_predictor)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
