@@ -41,14 +41,15 @@ def _reference_supports(q: Tensor, *_: object) -> str | None:
     return None if q.dtype.is_floating_point else f"dtype {q.dtype} is not floating point"
 
 
-def _triton_supports(q: Tensor, k: Tensor, v: Tensor, *_: object) -> str | None:
+def _triton_supports(q: Tensor, k: Tensor | None = None, v: Tensor | None = None, *_: object) -> str | None:
+    """Also answers for q alone (``available_backends`` may be asked with one tensor)."""
     if q.device.type != "cuda":
         return "needs a CUDA tensor"
     try:
         from hrsam.ops.varlen_attention import triton_kernel
     except ImportError as error:  # triton is optional on CPU installs
         return f"triton is not importable ({error})"
-    return triton_kernel.unsupported_reason(q, v)
+    return triton_kernel.unsupported_reason(q, q if v is None else v)
 
 
 def _run_triton(*args: object) -> Tensor:
