@@ -216,6 +216,7 @@ def interpreter_results() -> dict[str, str]:
     return json.loads(line.removeprefix("RESULTS "))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(INTERPRETER_CASES))
 def test_kernel_under_the_interpreter(interpreter_results: dict[str, str], case: str) -> None:
     assert interpreter_results[case] == "ok"
