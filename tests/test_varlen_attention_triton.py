@@ -241,6 +241,7 @@ def test_describe_launch_names_bad_input(kwargs: dict, match: str) -> None:
     from hrsam.ops.varlen_attention.triton_kernel import AttentionConfig, describe_launch
 
     args = {"dtype": torch.float16, "num_heads": 12, "head_dim": 64, "scale": 0.125}
+    kwargs = dict(kwargs)  # the parametrized dict is shared between runs
     if "config_block" in kwargs:
         args["config"] = AttentionConfig(kwargs.pop("config_block"), 64, 4, 2)
     with pytest.raises(ValueError, match=match):
