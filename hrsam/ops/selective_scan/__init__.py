@@ -27,8 +27,10 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
+from hrsam.ops.lowering import lowering_active
 from hrsam.ops.replay import replay_backward
 from hrsam.ops.selective_scan import cpu_backend, mamba_backend
+from hrsam.ops.selective_scan.inductor import selective_scan_lowered
 from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
 
 __all__ = ["selective_scan", "selective_scan_backward"]
@@ -189,4 +191,6 @@ def selective_scan(
     D = zeros if D is None else D
     delta_bias = zeros if delta_bias is None else delta_bias
     _validate(u, delta, A, B, C, D, delta_bias)
+    if lowering_active(u.device):  # traced for Inductor: code it can compile (hrsam.ops.lowering)
+        return selective_scan_lowered(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
     return selective_scan_op(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))

@@ -31,7 +31,9 @@ Only the forward is here; the backward is mamba-ssm's or the chunked torch refer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -341,6 +343,10 @@ def plan_chunks(batch: int, dim: int, seqlen: int, config: ScanConfig, sm_count:
     return chunk_len, triton.cdiv(seqlen, chunk_len)
 
 
+def _direct(kernel: Any) -> Any:
+    return kernel
+
+
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -351,15 +357,21 @@ def selective_scan_triton(
     delta_bias: torch.Tensor,
     delta_softplus: bool,
     config: ScanConfig | None = None,
+    wrap_triton: Callable[[Any], Any] | None = None,
 ) -> torch.Tensor:
     """Forward selective scan with the chunked Triton kernels; inputs already validated.
 
     u, delta, B, C: float32/float16/bfloat16 (one dtype); A, D, delta_bias: float32.
     config None picks DEFAULT_CONFIG (float32) or DEFAULT_CONFIG_16BIT.
+    wrap_triton: applied to each kernel before its launch; ``torch.library.wrap_triton`` makes
+    the launches traceable (``hrsam.ops.selective_scan.inductor``); None launches directly. The
+    name matters: ``torch.library.triton_op`` finds the kernels (whose source keys the compile
+    cache) by scanning the source for ``wrap_triton(kernel)`` calls.
     Returns y [batch, dim, L] in u's dtype.
     """
     if config is None:
         config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
+    wrap_triton = wrap_triton or _direct
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     u, delta = u.contiguous(), delta.contiguous()
@@ -388,17 +400,17 @@ def selective_scan_triton(
     d_blocks = triton.cdiv(dim, config.block_d)
     if n_prefix > 0:
         dt_sums = torch.empty(batch, n_prefix, dim, device=u.device, dtype=torch.float32)
-        _chunk_state_kernel[(n_prefix, d_blocks, batch)](
+        wrap_triton(_chunk_state_kernel)[(n_prefix, d_blocks, batch)](
             u, delta, A_t, B_t, D, delta_bias, states, dt_sums,
             dim, seqlen, dstate, chunk_len, n_prefix, A_t.stride(0), *b_strides, *state_strides, **flags,
         )
         nc = triton.next_power_of_2(n_prefix)
         block_nd = max(1, _CARRY_TILE // nc)
-        _chunk_carry_kernel[(triton.cdiv(dstate * dim, block_nd), batch)](
+        wrap_triton(_chunk_carry_kernel)[(triton.cdiv(dstate * dim, block_nd), batch)](
             states, dt_sums, A_t, dim, dstate, n_prefix,
             NC=nc, BLOCK_ND=block_nd, num_warps=4,
         )
-    _chunk_output_kernel[(n_chunks, d_blocks, batch)](
+    wrap_triton(_chunk_output_kernel)[(n_chunks, d_blocks, batch)](
         u, delta, A_t, B_t, C_t, D, delta_bias, out, states,
         dim, seqlen, dstate, chunk_len, n_prefix, A_t.stride(0), *b_strides, *state_strides, **flags,
     )

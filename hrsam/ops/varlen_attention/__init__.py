@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
+from hrsam.ops.lowering import lowering_active
 from hrsam.ops.replay import replay_backward
 from hrsam.ops.varlen_attention.cuda import (
     torch_supports,
@@ -32,6 +33,7 @@ from hrsam.ops.varlen_attention.cuda import (
     xformers_supports,
     xformers_varlen_attention,
 )
+from hrsam.ops.varlen_attention.inductor import varlen_attention_lowered
 from hrsam.ops.varlen_attention.reference import varlen_attention_reference
 
 OP = "varlen_attention"
@@ -154,6 +156,10 @@ def varlen_attention(
     _check_offsets(cu_seqlens_q, q.shape[0], max_seqlen_q, "cu_seqlens_q")
     _check_offsets(cu_seqlens_k, k.shape[0], max_seqlen_k, "cu_seqlens_k")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if lowering_active(q.device):  # traced for Inductor: code it can compile (hrsam.ops.lowering)
+        return varlen_attention_lowered(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale
+        )
     return torch.ops.hrsam.varlen_attention(
         q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale
     )

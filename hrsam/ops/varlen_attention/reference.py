@@ -24,6 +24,18 @@ def _padded(x: Tensor, cu_seqlens: Tensor, max_len: int) -> tuple[Tensor, Tensor
     return x[index], valid
 
 
+def _packed_rows(cu_seqlens: Tensor, total: int, max_len: int) -> Tensor:
+    """Row of each packed token in the padded [N * max_len] layout.
+
+    An index gather instead of boolean-mask indexing keeps every shape static, so the reference
+    also traces for Inductor / AOTInductor (``hrsam.ops.varlen_attention.inductor``).
+    """
+    cu = cu_seqlens.to(dtype=torch.long)
+    token = torch.arange(total, device=cu.device)
+    segment = torch.searchsorted(cu[1:], token, right=True)
+    return segment * max_len + token - cu[segment]
+
+
 def varlen_attention_reference(
     q: Tensor,
     k: Tensor,
@@ -36,7 +48,7 @@ def varlen_attention_reference(
 ) -> Tensor:
     """Segment i of q attends only to segment i of k/v; returns [Tq, H, Dv] in q's dtype."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qp, valid_q = _padded(q.to(compute), cu_seqlens_q, max_seqlen_q)
+    qp, _ = _padded(q.to(compute), cu_seqlens_q, max_seqlen_q)
     kp, valid_k = _padded(k.to(compute), cu_seqlens_k, max_seqlen_k)
     vp, _ = _padded(v.to(compute), cu_seqlens_k, max_seqlen_k)
     out = F.scaled_dot_product_attention(
@@ -46,7 +58,8 @@ def varlen_attention_reference(
         attn_mask=valid_k[:, None, None, :],
         scale=scale,
     )
-    return out.transpose(1, 2)[valid_q].to(q.dtype)
+    rows = _packed_rows(cu_seqlens_q.to(q.device), q.shape[0], max_seqlen_q)
+    return out.transpose(1, 2).flatten(0, 1)[rows].to(q.dtype)
 
 
 def dense_block_diagonal_attention(

@@ -1,0 +1,73 @@
+"""The selective scan in a form Inductor compiles (``hrsam.ops.lowering`` says when it is used).
+
+* CUDA: ``hrsam::selective_scan_triton``, a ``torch.library.triton_op`` around the same chunked
+  Triton kernels and launcher as the eager ``triton`` backend. Inductor traces into it, so the
+  kernels become part of the compiled graph (and of an AOTInductor package, as cubins) and the
+  layout copies around them fuse with the Cycle-scan's own elementwise work. ``torch.export``
+  keeps a triton_op as one node; AOTInductor decomposes it when it compiles.
+* other devices: the chunked torch reference with few, large chunks (the reference's GPU chunk
+  rule), so the traced graph stays small; Inductor turns it into C++ loops.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from hrsam.ops.selective_scan.reference import chunk_length, selective_scan_chunked
+
+
+@functools.cache
+def triton_scan_op() -> torch._library.custom_ops.CustomOpDef:
+    """Register ``hrsam::selective_scan_triton`` on first use (Triton is optional on CPU installs)."""
+    from torch.library import triton_op, wrap_triton
+
+    from hrsam.ops.selective_scan.triton_kernel import DEFAULT_CONFIG, selective_scan_triton
+
+    @triton_op("hrsam::selective_scan_triton", mutates_args=())
+    def scan(
+        u: Tensor,
+        delta: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor,
+        delta_bias: Tensor,
+        delta_softplus: bool,
+    ) -> Tensor:
+        # DEFAULT_CONFIG for every dtype: Inductor forwards only num_warps / num_stages of a
+        # wrap_triton launch, so the 16-bit config's register cap (maxnreg) cannot be passed.
+        # The Cycle-scan always scans float32, which is what DEFAULT_CONFIG is tuned for.
+        return selective_scan_triton(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, config=DEFAULT_CONFIG, wrap_triton=wrap_triton
+        )
+
+    return scan
+
+
+def _triton_importable() -> bool:
+    try:
+        import hrsam.ops.selective_scan.triton_kernel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def selective_scan_lowered(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    delta_softplus: bool,
+) -> Tensor:
+    """``hrsam::selective_scan`` for Inductor: same inputs (validated) and result."""
+    if u.is_cuda and u.dtype != torch.float64 and _triton_importable():
+        return triton_scan_op()(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    batch, dim, seqlen = u.shape
+    chunk = chunk_length(batch, dim, A.shape[1], seqlen, torch.device("cuda"))  # the large-chunk rule
+    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=chunk)

@@ -1,0 +1,285 @@
+"""The compiled runner (``hrsam.compiled``) and the ops' Inductor-visible forms (``hrsam.ops.lowering``).
+
+CPU: when the lowered forms are chosen (never for ``torch.export`` / ONNX outside ``aot_lowering``),
+that they equal the ops, the scan's ``triton_op`` under Triton's interpreter, why the decoder is
+not padded to point-count buckets, torch.compile (CPU Inductor) of both parts of ``hrsam_tiny`` at
+256 (slow), and the clear error without CUDA.
+
+GPU (marker ``gpu``): both eager halves captured in CUDA graphs (no host tensors inside), and the
+compiled runner against eager float32 over a 5-click session (``click_session``, shared with
+``tests/test_aoti.py``).
+
+Tolerances against eager float32, as max |x - ref| / max |ref| per output (``RELATIVE_TOLERANCE``):
+fp32 1e-3 (Inductor reorders reductions and fuses; TF32 stays off), bf16 6e-2 and fp16 2e-2 (the
+eager model at that autocast precision differs from fp32 by about as much: 8 and 11 mantissa
+bits through 12 blocks). Masks: IoU >= 0.99 per click against eager at the same precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from hrsam.compiled import CompiledRunner, CudaGraphCall, DecoderPart, EncoderPart, compile_part, decoder_example
+from hrsam.modeling.interactive import build_model
+from hrsam.ops import selective_scan, varlen_attention
+from hrsam.ops.lowering import aot_lowering, lowering_active
+from hrsam.ops.selective_scan.inductor import selective_scan_lowered
+from hrsam.ops.varlen_attention.inductor import varlen_attention_lowered
+from hrsam.predictor import HRSAMPredictor
+from hrsam.runner import EagerRunner, Runner
+from tests.test_selective_scan import make_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+RELATIVE_TOLERANCE = {"fp32": 1e-3, "bf16": 6e-2, "fp16": 2e-2}
+MIN_MASK_IOU = 0.99
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+class _BothOps(torch.nn.Module):
+    """One call of each custom op, as the encoder makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.A = torch.nn.Parameter(-torch.rand(4, 3) - 0.5)
+
+    def forward(self, u: torch.Tensor, B: torch.Tensor, q: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        y = selective_scan(u, u, self.A, B, B)
+        return y.sum() + varlen_attention(q, q, q, cu, cu, 3, 3).sum()
+
+
+def _both_ops_inputs() -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 3, 5, 8], dtype=torch.int32)
+    return torch.randn(1, 4, 12), torch.randn(1, 3, 12), torch.randn(8, 2, 16), cu
+
+
+def _hrsam_targets(program: torch.export.ExportedProgram) -> set[str]:
+    return {str(n.target) for n in program.graph.nodes if n.op == "call_function" and "hrsam" in str(n.target)}
+
+
+def test_export_sees_the_original_ops_outside_aot_lowering() -> None:
+    """torch.export (what torch.onnx.export dynamo=True traces with) keeps one node per op call."""
+    module, inputs = _BothOps(), _both_ops_inputs()
+    with torch.no_grad():
+        plain = torch.export.export(module, inputs)
+        with aot_lowering():
+            lowered = torch.export.export(module, inputs)
+        want = module(*inputs)
+        torch.testing.assert_close(lowered.module()(*inputs), want)
+    assert _hrsam_targets(plain) == {"hrsam.selective_scan.default", "hrsam.varlen_attention.default"}
+    assert _hrsam_targets(lowered) == set()  # CPU: the references, standard ops only
+
+
+@pytest.mark.parametrize(
+    ("device", "compiling", "exporting", "grad", "aot", "expected"),
+    [
+        ("cuda", True, False, False, False, True),  # torch.compile of inference on the GPU
+        ("cuda", True, True, False, False, False),  # torch.export / torch.onnx.export of CUDA tensors
+        ("cuda", True, False, True, False, False),  # training graph: the opaque ops carry the backward
+        ("cpu", True, False, False, False, False),  # CPU torch.compile keeps the CPU backends
+        ("cuda", False, False, False, False, False),  # eager
+        ("cpu", True, True, False, True, True),  # inside aot_lowering: AOTInductor builds, any device
+    ],
+)
+def test_lowering_switch(device: str, compiling: bool, exporting: bool, grad: bool, aot: bool, expected: bool) -> None:
+    with (
+        mock.patch.object(torch.compiler, "is_compiling", return_value=compiling),
+        mock.patch.object(torch.compiler, "is_exporting", return_value=exporting),
+        torch.set_grad_enabled(grad),
+        aot_lowering() if aot else contextlib.nullcontext(),
+    ):
+        assert lowering_active(torch.device(device)) is expected
+
+
+def test_lowered_forms_match_the_ops_on_cpu() -> None:
+    scan_inputs = make_inputs(2, 40, 7, 150)
+    torch.testing.assert_close(selective_scan_lowered(*scan_inputs, True), selective_scan(*scan_inputs))
+    torch.manual_seed(0)
+    cu_q = torch.tensor([0, 5, 5, 12, 20], dtype=torch.int32)  # an empty query segment included
+    cu_k = torch.tensor([0, 8, 16, 24, 32], dtype=torch.int32)
+    q, k, v = torch.randn(20, 3, 16), torch.randn(32, 3, 16), torch.randn(32, 3, 16)
+    args = (q, k, v, cu_q, cu_k, 8, 8, 0.25)
+    torch.testing.assert_close(varlen_attention_lowered(*args), varlen_attention(*args))
+
+
+_INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from hrsam.ops.selective_scan.inductor import triton_scan_op
+    from hrsam.ops.selective_scan.reference import selective_scan_chunked
+    from tests.test_selective_scan import make_inputs
+
+    op = triton_scan_op()
+    assert torch.ops.hrsam.selective_scan_triton.default is not None
+    x = make_inputs(1, 40, 7, 150)
+    y = op(*x, True)
+    ref = selective_scan_chunked(*[t.double() for t in x], True)
+    err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < 1e-5, err
+    print("triton_op ok")
+    """
+)
+
+
+def test_triton_scan_op_under_the_interpreter() -> None:
+    """The triton_op's body (launcher with a wrap_triton hook) runs the kernels correctly."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-c", _INTERPRETER_SCRIPT]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "triton_op ok" in done.stdout
+
+
+def test_not_a_point_padding_changes_the_decoder() -> None:
+    """Why the compiled runner captures one graph per point count instead of padding to buckets.
+
+    SAM's "not a point" tokens (label -1) join the decoder's token self-attention, so extra padding
+    points change every output. If this test ever fails, padding became exact and buckets would do.
+    """
+    torch.manual_seed(0)
+    model = build_model("hrsam_tiny").eval()
+    embedding, _, _, mask, has_mask = decoder_example(16, 3, torch.device("cpu"))
+    embedding.normal_()
+    coords = torch.tensor([[[40.0, 100.0], [200.0, 30.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0]])
+    padded_coords = torch.cat([coords, torch.zeros(1, 2, 2)], dim=1)
+    padded_labels = torch.cat([labels, -torch.ones(1, 2)], dim=1)
+    with torch.no_grad():
+        iou, low_res = model.decode(embedding, coords, labels, mask, has_mask)
+        iou_padded, low_res_padded = model.decode(embedding, padded_coords, padded_labels, mask, has_mask)
+    assert (low_res - low_res_padded).abs().max() > 1e-2 * low_res.abs().max()
+    assert (iou - iou_padded).abs().max() > 1e-4
+
+
+def test_compiled_runner_needs_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        CompiledRunner(build_model("hrsam_tiny"))
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_both_parts_on_cpu() -> None:
+    """fullgraph torch.compile (CPU Inductor, freezing) of both halves equals eager."""
+    torch.manual_seed(0)
+    model = build_model("hrsam_tiny").eval()
+    model.encoder.prepare(256, 256)
+    images = torch.randn(1, 3, 256, 256)
+    decoder_inputs = decoder_example(16, 3, torch.device("cpu"))
+    decoder_inputs[1].uniform_(0, 256)
+    decoder_inputs[2].copy_(torch.tensor([[1.0, 0.0, -1.0]]))
+    with torch.no_grad():
+        got, want = compile_part(EncoderPart(model, None))(images), EncoderPart(model, None)(images)
+        torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+        decoder = DecoderPart(model, None)
+        for a, b in zip(compile_part(decoder)(*decoder_inputs), decoder(*decoder_inputs), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+
+
+def session_image(seed: int = 0) -> np.ndarray:
+    """A 900 x 1200 RGB image with smooth structure (random weights see texture, not objects)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(9, 12, 3)).astype(np.float32)
+    image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(900, 1200))
+    return image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+SESSION_CLICKS = [((600, 450), 1), ((200, 300), 0), ((900, 700), 1), ((450, 150), 0), ((1000, 200), 1)]
+
+
+def click_session(runner: Runner, size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Five clicks on ``session_image``, each with the previous low-res logits as mask prompt.
+
+    Returns per click (mask, score, low-res logits) from ``HRSAMPredictor`` over ``runner``.
+    """
+    predictor = HRSAMPredictor(runner)
+    predictor.set_image(session_image(), target_size=size)
+    results, previous = [], None
+    for k in range(1, len(SESSION_CLICKS) + 1):
+        points = np.array([p for p, _ in SESSION_CLICKS[:k]], dtype=np.float64)
+        labels = np.array([label for _, label in SESSION_CLICKS[:k]], dtype=np.float64)
+        masks, scores, low_res = predictor.predict(points, labels, mask_input=previous)
+        results.append((masks[0], scores, low_res))
+        previous = low_res
+    return results
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def check_session(got: list, reference: list, same_precision: list, precision: str) -> None:
+    """Logits within the precision's tolerance of eager fp32; masks IoU >= 0.99 vs eager at ``precision``."""
+    tolerance = RELATIVE_TOLERANCE[precision]
+    for click, ((mask, _, logits), (_, _, ref_logits), (ref_mask, _, _)) in enumerate(
+        zip(got, reference, same_precision, strict=True), start=1
+    ):
+        error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
+        iou = mask_iou(mask, ref_mask)
+        print(f"click {click}: logits rel. error vs eager fp32 {error:.2e}, mask IoU vs eager {precision} {iou:.4f}")
+        assert error <= tolerance, (click, error)
+        assert iou >= MIN_MASK_IOU, (click, iou)
+
+
+def gpu_model(name: str, size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name).cuda().eval()
+    model.encoder.prepare(size, size, 1, "cuda")
+    return model
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name", ["hrsam_tiny", "hrsampp_tiny"])
+def test_eager_halves_capture_in_cuda_graphs(name: str) -> None:
+    """No host tensors or syncs inside encode / decode: both replay from CUDA graphs (float32).
+
+    Replays run the same kernels on fresh inputs; cuBLAS may pick other algorithms under capture,
+    so equality is to 1e-5 of the output's magnitude rather than bitwise.
+    """
+    model = gpu_model(name, 1024)
+    encoder_part, decoder_part = EncoderPart(model, None), DecoderPart(model, None)
+    pool = torch.cuda.graph_pool_handle()
+    encoder = CudaGraphCall(encoder_part, [torch.zeros(1, 3, 1024, 1024, device="cuda")], pool)
+    decoder = CudaGraphCall(decoder_part, list(decoder_example(64, 4, torch.device("cuda"))), pool)
+    with torch.no_grad():
+        images = torch.randn(1, 3, 1024, 1024, device="cuda")
+        want = encoder_part(images)
+        (got,) = encoder(images)
+        torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5)
+        labels = torch.tensor([[1.0, 0.0, 1.0, -1.0]], device="cuda")
+        prompts = (want, torch.rand(1, 4, 2, device="cuda") * 1024, labels,
+                   torch.randn(1, 1, 256, 256, device="cuda"), torch.ones(1, device="cuda"))  # fmt: skip
+        for a, b in zip(decoder(*prompts), decoder_part(*prompts), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_runner_matches_eager_over_a_session(precision: str) -> None:
+    from hrsam.runner import autocast_dtype_of
+
+    model = gpu_model("hrsampp_tiny", 1024)
+    runner = CompiledRunner(model, autocast_dtype=autocast_dtype_of(precision), input_size=1024, max_points=8)
+    print(f"compiled runner built in {runner.startup_s:.1f} s")
+    reference = click_session(EagerRunner(model), 1024)
+    same = reference if precision == "fp32" else click_session(EagerRunner(model, autocast_dtype_of(precision)), 1024)
+    check_session(click_session(runner, 1024), reference, same, precision)
+    # a point count without a captured graph runs the compiled decoder directly
+    embedding = runner.encode(torch.randn(1, 3, 1024, 1024, device="cuda"))
+    inputs = decoder_example(64, 9, torch.device("cuda"))
+    iou, masks = runner.decode(embedding, *inputs[1:])
+    assert iou.shape == (1, 4) and masks.shape == (1, 4, 256, 256)

@@ -1,0 +1,122 @@
+"""``AOTIRunner``: the AOTInductor packages of an export directory (made by ``python -m export aoti``).
+
+``encoder.pt2`` (one input size) and ``decoder.pt2`` (dynamic point count) hold the compiled
+halves with their weights; ``torch._inductor.aoti_load_package`` loads them and no Python model
+code runs. The runner refuses packages that do not belong to the directory's ``model.json``
+(``Sidecar.check_metadata`` on the metadata compiled into each package), a precision other than
+the one compiled in, and a CUDA package on a machine without CUDA, each with one line that says
+what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, Sidecar
+from hrsam.runner import Runner, RunnerInfo
+
+
+class AOTIRunner(Runner):
+    """Runs ``encoder.pt2`` / ``decoder.pt2`` of ``export_dir``.
+
+    Args:
+        export_dir: a directory written by ``python -m export aoti``.
+        device: where to run; None: the kind of device the packages were compiled for ("cuda" is
+            the current CUDA device, "cuda:1" another one).
+        precision: must be the precision the packages were compiled with (their sidecar record).
+    """
+
+    def __init__(self, export_dir: str | Path, device: str | None = None, precision: str = "fp32") -> None:
+        directory = Path(export_dir)
+        sidecar = Sidecar.read(directory)
+        missing = [part for part in AOTI_FILES if part not in sidecar.aoti]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} has no AOTInductor package for {', '.join(missing)}: "
+                f"run `python -m export aoti --out {directory}` with the same model and --size"
+            )
+        built = sidecar.aoti["encoder"]
+        if precision != built["precision"]:
+            raise ValueError(
+                f"the packages in {directory} were compiled for {built['precision']}, not {precision}: "
+                f"pass precision={built['precision']!r} or export again with --precision {precision}"
+            )
+        target = _target_device(device, built["device"], directory)
+        self._packages = {part: self._load(directory, sidecar, part, target, precision) for part in AOTI_FILES}
+        self.max_points = int(self._packages["decoder"][1][META_MAX_POINTS])
+        self.embedding_size = sidecar.embedding_size
+        self.info = RunnerInfo("aoti", sidecar.model, str(target), precision, sidecar.input_size, sidecar.weights)
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """None when AOTInductor packages can be loaded here (CUDA packages also need a GPU: checked on open)."""
+        try:
+            from torch._inductor import aoti_load_package  # noqa: F401
+        except ImportError as error:
+            return f"this torch cannot load AOTInductor packages ({error})"
+        return None
+
+    @staticmethod
+    def _load(
+        directory: Path, sidecar: Sidecar, part: str, device: torch.device, precision: str
+    ) -> tuple[object, dict[str, str]]:
+        """(loaded package, its metadata), after checking the metadata against the sidecar."""
+        path = directory / sidecar.aoti[part]["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: export again with `python -m export aoti --out {directory}`")
+        index = device.index if device.type == "cuda" else -1
+        package = torch._inductor.aoti_load_package(str(path), device_index=index)
+        metadata = dict(package.get_metadata())
+        sidecar.check_metadata(part, metadata, path.name)
+        if metadata.get(META_PRECISION) != precision:
+            compiled = metadata.get(META_PRECISION)
+            raise ValueError(f"{path.name} was compiled for {compiled!r}; its sidecar says {precision}: export again")
+        return package, metadata
+
+    def encode(self, images: Tensor) -> Tensor:
+        size = self.info.input_size
+        if images.dim() != 4 or tuple(images.shape) != (1, 3, size, size):
+            raise ValueError(f"images must be [1, 3, {size}, {size}] for this package, got {list(images.shape)}")
+        return self._packages["encoder"][0](images.to(self.device, torch.float32).contiguous())
+
+    def decode(
+        self,
+        image_embeddings: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        points = point_coords.shape[1] if point_coords.dim() == 3 else 0
+        if not 1 <= points <= self.max_points:
+            raise ValueError(
+                f"the decoder package takes 1 to {self.max_points} points (clicks + SAM's padding point), got "
+                f"point_coords of shape {list(point_coords.shape)}; export with a larger --max-points"
+            )
+        side = self.embedding_size
+        if tuple(image_embeddings.shape) != (1, 256, side, side):
+            raise ValueError(f"image_embeddings must be [1, 256, {side}, {side}], got {list(image_embeddings.shape)}")
+        inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        iou, masks = self._packages["decoder"][0](*(t.to(self.device, torch.float32).contiguous() for t in inputs))
+        return iou, masks
+
+
+def _target_device(device: str | None, built: str, directory: Path) -> torch.device:
+    """The device to run on: the packages' kind, and a GPU present when they are CUDA packages."""
+    target = torch.device(device or built)
+    if target.type != built:
+        raise ValueError(
+            f"the packages in {directory} were compiled for {built}, not {target.type}: "
+            f"export again with `python -m export aoti --device {target.type}`"
+        )
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"the packages in {directory} were compiled for CUDA and this machine has no CUDA device "
+            "(a CPU package: `python -m export aoti --device cpu`)"
+        )
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    return target
