@@ -1,0 +1,105 @@
+"""Training data: scenes -> fixed-size tensors, and a resumable, distributed order of samples.
+
+Items are keyed by (epoch, index) so that everything random about an item (which objects, the
+flip) is a function of the key: any worker, any number of workers and a resumed run produce the
+same batches. ``ResumableOrder`` shards every epoch with ``DistributedSampler`` (one shard per
+process, as in ``torchrun`` training) and starts mid-epoch after the samples a resumed run
+already consumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from hrsam.data.samples import Scene
+from hrsam.predictor import preprocess, resized_size
+
+Key = tuple[int, int]
+
+
+def _resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
+    """K x H x W bool -> K x size x size uint8, resized like the image (longest side) and zero-padded."""
+    new_h, new_w = resized_size(masks.shape[1], masks.shape[2], size)
+    tensor = torch.from_numpy(masks).float()[:, None]
+    if (new_h, new_w) != masks.shape[1:]:
+        tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad((tensor[:, 0] >= 0.5).to(torch.uint8), (0, size - new_w, 0, size - new_h))
+
+
+def scene_to_tensors(scene: Scene, size: int, instances: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """One training item from a scene.
+
+    ``image`` [3, S, S] float32 (normalised, padded: ``hrsam.predictor.preprocess``), ``masks``
+    [M, S, S] uint8 of up to M randomly chosen non-empty objects, ``valid`` [M] bool (False for
+    padding slots when the scene has fewer objects), ``region`` [S, S] bool (the real image area).
+    Half of the items are flipped left-right.
+    """
+    image, masks = scene.image, scene.masks
+    if rng.random() < 0.5:
+        image, masks = image[:, ::-1], masks[:, :, ::-1]
+    present = np.flatnonzero(masks.any(axis=(1, 2)))
+    chosen = rng.permutation(present)[:instances]
+    picked = np.zeros((instances, *masks.shape[1:]), dtype=bool)
+    picked[: chosen.size] = masks[chosen]
+    new_h, new_w = resized_size(image.shape[0], image.shape[1], size)
+    region = torch.zeros(size, size, dtype=torch.bool)
+    region[:new_h, :new_w] = True
+    return {
+        "image": preprocess(np.ascontiguousarray(image), size, torch.device("cpu"))[0],
+        "masks": _resize_masks(np.ascontiguousarray(picked), size),
+        "valid": torch.arange(instances) < chosen.size,
+        "region": region,
+    }
+
+
+class SceneItems(Dataset):
+    """Training items of a scene source (synthetic, COCO, folders) at input size ``size``."""
+
+    def __init__(self, scenes: Sequence[Scene], size: int, instances: int, seed: int) -> None:
+        self.scenes, self.size, self.instances, self.seed = scenes, size, instances, seed
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        return scene_to_tensors(self.scenes[index], self.size, self.instances, rng)
+
+
+class ResumableOrder(Sampler[Key]):
+    """Endless (epoch, index) keys for one process: ``DistributedSampler`` shards, epoch after epoch.
+
+    ``start``: how many keys this process already consumed (resuming skips exactly those).
+    """
+
+    def __init__(self, length: int, rank: int, world: int, shuffle: bool, seed: int, start: int = 0) -> None:
+        self.length, self.rank, self.world = length, rank, world
+        self.shuffle, self.seed, self.start = shuffle, seed, start
+        self.per_epoch = len(self._sampler(0))
+        if self.per_epoch == 0:
+            raise ValueError(f"the data set ({length} items) is smaller than the number of processes ({world})")
+
+    def _sampler(self, epoch: int) -> DistributedSampler:
+        sampler = DistributedSampler(range(self.length), num_replicas=self.world, rank=self.rank,
+                                     shuffle=self.shuffle, seed=self.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def __iter__(self) -> Iterator[Key]:
+        first, offset = divmod(self.start, self.per_epoch)
+        for epoch in itertools.count(first):
+            for index in itertools.islice(iter(self._sampler(epoch)), offset, None):
+                yield epoch, index
+            offset = 0
+
+
+def worker_init(_: int) -> None:
+    """One torch thread per data worker: the workers are the parallelism."""
+    torch.set_num_threads(1)
