@@ -3,10 +3,10 @@
 Data sets (``--dataset``, several comma-separated): ``synthetic`` (the held-out procedural set:
 ``--synthetic-count`` scenes of ``--synthetic-size``, seed ``HELD_OUT_SEED``), ``real`` (the
 bundled photographs), ``davis`` / ``hqseg44k`` / ``folder`` (``--root``), ``coco`` (``--annotations``
-and ``--image-root``). Writes per-object and summary JSON, ``summary.md`` (a table) and an
-mIoU-vs-clicks plot per data set under ``--out``. ``--compare-untrained`` evaluates the same config
-with random weights beside it. ``trt_runtime.evaluate`` reuses this parser and ``run`` with other
-backends.
+and ``--image-root``). ``--target-size`` may list several sizes. Writes ``results.json`` (summaries
+and per-object runs), ``summary.md`` (tables) and ``miou.png`` under ``--out``.
+``--compare-untrained`` evaluates the same config with random weights beside it.
+``trt_runtime.evaluate`` reuses this parser and ``run`` with other backends.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from hrsam.checkpoint import DEFAULT_MODEL, load_model, read_config
 from hrsam.data import HELD_OUT_SEED, LAYOUTS, FolderDataset, RealPhotos, SyntheticSamples, SyntheticScenes
 from hrsam.data.samples import Sample
-from hrsam.evaluation import evaluate, plot_curves, table, write_result
+from hrsam.evaluation import EvaluationResult, evaluate, plot_curves, table, write_results
 from hrsam.modeling.configs import CONFIGS
 from hrsam.modeling.interactive import build_model
 from hrsam.predictor import HRSAMPredictor
@@ -67,7 +67,8 @@ def build_parser(prog: str = "python -m hrsam.eval") -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     model.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--target-size", type=int, default=None, help="padded input side S (default: 1024)")
+    protocol.add_argument("--target-size", default=None,
+                          help="padded input side S, or several comma-separated (default: the runner's, else 1024)")
     protocol.add_argument("--max-clicks", type=int, default=20, help="click budget per object")
     parser.add_argument("--out", default="outputs/eval", help="output folder")
     parser.add_argument("--label", default=None, help="name of this run in the table (default: the weights)")
@@ -118,29 +119,44 @@ def open_eager(args: argparse.Namespace, untrained: bool) -> HRSAMPredictor:
     return HRSAMPredictor(runner)
 
 
+def _target_sizes(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--target-size must be integers separated by commas, got {text!r}") from None
+
+
 def run(args: argparse.Namespace, open_predictor: PredictorFactory = open_eager) -> int:
-    """Evaluate every requested model on every requested data set; print and write the results."""
-    datasets = load_datasets(args)
-    out = Path(args.out)
-    runs = [("untrained", True)] if args.untrained else [(args.label or "model", False)]
+    """Evaluate every requested model at every size on every data set; print and write the results."""
+    datasets = {name: _materialise(data, args.limit) for name, data in load_datasets(args).items()}
+    sizes = _target_sizes(args.target_size)
+    models = [("untrained", True)] if args.untrained else [(args.label or "model", False)]
     if args.compare_untrained and not args.untrained:
-        runs.append(("untrained", True))
-    summaries: dict[str, dict[str, dict]] = {name: {} for name in datasets}
-    for label, untrained in runs:
+        models.append(("untrained", True))
+    results: dict[str, dict[str, EvaluationResult]] = {name: {} for name in datasets}
+    for label, untrained in models:
         predictor = open_predictor(args, untrained)
         print(f"[{label}] {predictor.runner.info.describe()}", flush=True)
-        for name, dataset in datasets.items():
-            result = evaluate(predictor, dataset, max_clicks=args.max_clicks, target_size=args.target_size,
-                              limit=args.limit, progress=sys.stderr.isatty())
-            summaries[name][label] = write_result(result, out, f"{name}-{label}")
-    report = []
-    for name, by_label in summaries.items():
-        report += [f"## {name} (target size {next(iter(by_label.values()))['target_size']})", "", table(by_label), ""]
-        print(plot_curves(by_label, out / f"{name}_miou.png"))
-    text = "\n".join(report)
+        for size in sizes:
+            for name, samples in datasets.items():
+                result = evaluate(predictor, samples, max_clicks=args.max_clicks, target_size=size,
+                                  progress=sys.stderr.isatty())
+                results[name][f"{label} @{result.target_size}"] = result
+    out = Path(args.out)
+    summaries = write_results(results, out / "results.json")
+    text = "\n".join(f"## {name}\n\n{table(runs)}\n" for name, runs in summaries.items())
     (out / "summary.md").write_text(text)
+    print(plot_curves(summaries, out / "miou.png"))
     print(text)
     return 0
+
+
+def _materialise(dataset: Sequence[Sample], limit: int | None) -> list[Sample]:
+    """Load (or generate) the first ``limit`` objects once: every model and size reuses them."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return [dataset[i] for i in range(count)]
 
 
 def main(argv: Sequence[str] | None = None, open_predictor: PredictorFactory = open_eager,

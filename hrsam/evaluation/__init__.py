@@ -7,7 +7,7 @@ hrsam.eval`` runs it on the eager model and ``python -m trt_runtime.evaluate`` o
 from hrsam.evaluation.clicks import Click, distance_to_boundary, next_click
 from hrsam.evaluation.evaluate import EvaluationResult, ObjectResult, evaluate, evaluate_sample
 from hrsam.evaluation.metrics import THRESHOLDS, iou, miou_curve, noc, summarise
-from hrsam.evaluation.report import plot_curves, table, write_result
+from hrsam.evaluation.report import plot_curves, table, write_results
 
 __all__ = [
     "THRESHOLDS",
@@ -24,5 +24,5 @@ __all__ = [
     "plot_curves",
     "summarise",
     "table",
-    "write_result",
+    "write_results",
 ]

@@ -27,13 +27,23 @@ class Click:
 
 
 def distance_to_boundary(region: np.ndarray) -> np.ndarray:
-    """Euclidean distance of every region pixel to the nearest non-region pixel or the border."""
+    """Euclidean distance of every region pixel to the nearest non-region pixel or the border.
+
+    Computed on the region's bounding box grown by one pixel (all outside the region, or beyond
+    the border): the nearest outside pixel of any region pixel is never farther than that ring,
+    so the result is exact, and late clicks (small error regions) cost little at 4K.
+    """
     try:
         from scipy.ndimage import distance_transform_edt
     except ImportError:
         raise ImportError("the click simulator needs scipy: pip install scipy (part of the train extra)") from None
-    padded = np.pad(region, 1, constant_values=False)
-    return distance_transform_edt(padded)[1:-1, 1:-1]
+    distance = np.zeros(region.shape, dtype=np.float64)
+    rows, columns = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
+        return distance
+    box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    distance[box] = distance_transform_edt(np.pad(region[box], 1, constant_values=False))[1:-1, 1:-1]
+    return distance
 
 
 def next_click(gt: np.ndarray, pred: np.ndarray, clicked: np.ndarray | None = None) -> Click | None:

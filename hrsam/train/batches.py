@@ -18,9 +18,35 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from hrsam.data.samples import Scene
-from hrsam.predictor import preprocess, resized_size
+from hrsam.modeling.configs import PIXEL_MEAN, PIXEL_STD
+from hrsam.predictor import resized_size
 
 Key = tuple[int, int]
+
+
+def image_to_tensors(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """H x W x 3 uint8 -> ([3, S, S] uint8 resized like ``hrsam.predictor.preprocess``, [S, S] bool region).
+
+    Items cross the worker boundary as uint8 (4x less shared memory than float32) and are
+    normalised on the device by ``normalise``; only the rounding to uint8 after resizing differs
+    from the predictor's float path (none for images already at S, like the synthetic scenes).
+    """
+    new_h, new_w = resized_size(image.shape[0], image.shape[1], size)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if (new_h, new_w) != image.shape[:2]:
+        resized = F.interpolate(tensor[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                antialias=True)
+        tensor = resized[0].round().clamp(0, 255).to(torch.uint8)
+    region = torch.zeros(size, size, dtype=torch.bool)
+    region[:new_h, :new_w] = True
+    return F.pad(tensor, (0, size - new_w, 0, size - new_h)), region
+
+
+def normalise(images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] uint8 + [B, S, S] region -> SAM-normalised float32, zero outside the region (as padded)."""
+    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std * region[:, None]
 
 
 def _resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
@@ -35,9 +61,9 @@ def _resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
 def scene_to_tensors(scene: Scene, size: int, instances: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """One training item from a scene.
 
-    ``image`` [3, S, S] float32 (normalised, padded: ``hrsam.predictor.preprocess``), ``masks``
-    [M, S, S] uint8 of up to M randomly chosen non-empty objects, ``valid`` [M] bool (False for
-    padding slots when the scene has fewer objects), ``region`` [S, S] bool (the real image area).
+    ``image`` [3, S, S] uint8 and ``region`` [S, S] bool (``image_to_tensors``), ``masks`` [M, S, S]
+    uint8 of up to M randomly chosen non-empty objects, ``valid`` [M] bool (False for padding slots
+    when the scene has fewer objects).
     Half of the items are flipped left-right.
     """
     image, masks = scene.image, scene.masks
@@ -47,11 +73,9 @@ def scene_to_tensors(scene: Scene, size: int, instances: int, rng: np.random.Gen
     chosen = rng.permutation(present)[:instances]
     picked = np.zeros((instances, *masks.shape[1:]), dtype=bool)
     picked[: chosen.size] = masks[chosen]
-    new_h, new_w = resized_size(image.shape[0], image.shape[1], size)
-    region = torch.zeros(size, size, dtype=torch.bool)
-    region[:new_h, :new_w] = True
+    pixels, region = image_to_tensors(image, size)
     return {
-        "image": preprocess(np.ascontiguousarray(image), size, torch.device("cpu"))[0],
+        "image": pixels,
         "masks": _resize_masks(np.ascontiguousarray(picked), size),
         "valid": torch.arange(instances) < chosen.size,
         "region": region,

@@ -5,9 +5,10 @@
 2. ``TeacherCache``: the teacher's embeddings of every training image, computed once into float16
    safetensors shards of ``shard_size`` images under one folder; ``index.json`` fixes the image list
    and the teacher, finished shards are skipped, so an interrupted precomputation resumes.
-3. ``DistillItems`` + ``DistillObjective``: the student sees the same preprocessed image (resized,
-   normalised, padded to the teacher's input size by ``hrsam.predictor.preprocess``) and learns its
-   embedding; a student grid other than the teacher's gets the teacher embedding resized.
+3. ``DistillItems`` + ``DistillObjective``: the student sees the image the teacher saw (resized,
+   normalised, padded to the teacher's input size; ``hrsam.predictor.preprocess`` for the teacher,
+   ``batches.image_to_tensors`` + ``normalise`` for the student) and learns its embedding; a
+   student grid other than the teacher's gets the teacher embedding resized.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from hrsam.data.folders import IMAGE_SUFFIXES, read_rgb
 from hrsam.modeling.sam_decoder import sam_modeling
 from hrsam.predictor import preprocess
+from hrsam.train.batches import image_to_tensors
 
 
 def _read_checkpoint(path: Path) -> object:
@@ -160,8 +162,8 @@ class DistillItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         _, index = key
-        image = preprocess(read_rgb(self.cache.images[index]), self.cache.size, torch.device("cpu"))[0]
-        return {"image": image, "teacher": self.cache.embedding(index)}
+        image, region = image_to_tensors(read_rgb(self.cache.images[index]), self.cache.size)
+        return {"image": image, "region": region, "teacher": self.cache.embedding(index)}
 
 
 class DistillObjective(nn.Module):

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from hrsam.modeling.interactive import HRSAMInteractive
-from hrsam.train.batches import ResumableOrder, worker_init
+from hrsam.train.batches import ResumableOrder, normalise, worker_init
 from hrsam.train.metrics_log import MetricsLog, plot
 from hrsam.train.optim import Schedule, make_optimizer, param_groups, set_lr
 from hrsam.train.runtime import (
@@ -92,7 +92,7 @@ def _loader(items: Dataset, settings: LoopSettings, process: Process, shuffle: b
     workers = settings.workers
     return DataLoader(items, batch_size=settings.batch_size, sampler=order, num_workers=workers,
                       worker_init_fn=worker_init if workers else None, pin_memory=process.device.type == "cuda",
-                      drop_last=True, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                      drop_last=True, persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
 
 
 def _resume(path: Path, settings: LoopSettings, model: HRSAMInteractive, optimizer: torch.optim.Optimizer,
@@ -155,6 +155,7 @@ def _run(settings: LoopSettings, process: Process, model: HRSAMInteractive, obje
             rate = schedule(step)
             set_lr(optimizer, rate)
             batch = {key: value.to(process.device, non_blocking=True) for key, value in next(loader).items()}
+            batch["image"] = normalise(batch["image"], batch["region"])
             context = torch.autocast(process.device.type, autocast) if autocast else contextlib.nullcontext()
             with context:
                 loss, stats = objective(batch, step_generators(settings.seed, step, process.rank, process.device))
