@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("export.onnx_export", "export.check", "export.aoti")
+COMMANDS = ("export.onnx_export", "export.check", "export.aoti", "export.engine", "export.validate")
 
 
 class UserError(Exception):
