@@ -24,9 +24,11 @@ def tensorrt_install_hint() -> str:
     """The pip command for TensorRT matching this torch's CUDA (12 or 13), as one phrase."""
     import torch
 
-    major = (torch.version.cuda or "12").split(".")[0]
-    package = f"tensorrt-cu{major}" if major in ("12", "13") else "tensorrt-cu12 or tensorrt-cu13"
-    return f"pip install {package} (TensorRT 10.x or 11.x, matching your CUDA {torch.version.cuda or 'version'})"
+    cuda = torch.version.cuda
+    major = cuda.split(".")[0] if cuda else ""
+    if major in ("12", "13"):
+        return f"pip install tensorrt-cu{major} (TensorRT 10.x or 11.x for this torch's CUDA {cuda})"
+    return "pip install tensorrt-cu12 or tensorrt-cu13 (TensorRT 10.x or 11.x, the one matching your CUDA)"
 
 
 def import_tensorrt() -> ModuleType:
