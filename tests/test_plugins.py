@@ -282,3 +282,17 @@ def test_autotune_types_cover_every_io():
         assert len(definition.types) == len(definition.inputs) + len(definition.outputs), definition.name
         assert len(definition.output_ranks) == len(definition.outputs) == len(definition.output_dtypes)
     assert PLUGINS["VarlenAttention"].autotune_types() == "FP32|FP16|BF16, " * 3 + "INT32, INT32, FP32|FP16|BF16"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("HRSAM_TRT_PLUGIN_SOURCE"),
+    reason="set HRSAM_TRT_PLUGIN_SOURCE to tensorrt_bindings/plugin of an unzipped tensorrt-cu13-bindings wheel",
+)
+def test_tensorrt_plugin_glue_accepts_our_plugins():
+    """NVIDIA's tensorrt.plugin Python source drives our plugins (benchmarks/trt_plugin_glue.py)."""
+    script = REPO / "benchmarks" / "trt_plugin_glue.py"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, str(script), os.environ["HRSAM_TRT_PLUGIN_SOURCE"]]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every check passed" in done.stdout
