@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo.engines import AUTO, FILE_BACKENDS, EnginePool, ModelSpec, Setting, resolve_backend
+from demo.engines import AUTO, DEFAULT_PRECISION, FILE_BACKENDS, EnginePool, ModelSpec, Setting, resolve_backend
 from demo.pipeline import ExportCache, ExportError, default_cache_dir
 from hrsam.checkpoint import DEFAULT_MODEL, read_config
 from hrsam.contract import Sidecar
@@ -32,16 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights: our .safetensors or the authors' .pth")
     parser.add_argument("--size", type=int, default=None,
                         help="padded input side S the engine is exported for (default 1024, or --export-dir's)")
-    parser.add_argument("--engine", default=AUTO,
-                        help="engine backend: auto (TensorRT, else compiled on a GPU, else ONNX Runtime), "
-                             "onnxruntime, tensorrt, compiled, aoti, eager")
+    parser.add_argument("--engine", default=AUTO, choices=[AUTO, "tensorrt", "compiled", "onnxruntime", "eager"],
+                        help="engine backend: auto is TensorRT, else compiled on a GPU, else ONNX Runtime")
     parser.add_argument("--export-dir", type=Path, default=None, help="use this export (python -m export onnx)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"where exports are cached (default {default_cache_dir()})")
     parser.add_argument("--no-export", action="store_true",
                         help="start at once; export when a user first asks for an engine")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="engine precision")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                        help="engine precision (default: fp16 TensorRT, bf16 compiled; ONNX Runtime is fp32)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free from 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = args.size or (pinned.input_size if pinned else 1024)
         spec = default_spec(args)
         models = {name: ModelSpec(name, name) for name in CONFIGS} | {spec.name: spec}
-        cache = ExportCache(args.cache_dir or default_cache_dir(), pinned=args.export_dir)
+        cache = ExportCache(args.cache_dir or default_cache_dir(), pinned=args.export_dir,
+                            engine_precision=args.precision or DEFAULT_PRECISION["tensorrt"])
         pool = EnginePool(models, cache.ensure, device=args.device, precision=args.precision)
         prepare(args, pool, spec, size)
         config = DemoConfig(spec.name, size, temp_root, default_engine=args.engine,

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from demo.engines import AUTO, EnginePool, Setting, TimedRunner, engine_choices, resolve_backend
 from demo.overlay import render_overlay, save_mask_png
-from demo.panel import clicks_frame, latency_frame, latency_html
+from demo.panel import clicks_frame, latency_frame, latency_html, plot_x_range
 from demo.pipeline import ExportError
 from demo.session import ROLES, BackendResult, Session, Step
 from hrsam.images import to_rgb_uint8
@@ -46,6 +46,29 @@ CSS = """
 .hrsam-note { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 6px 0 0 0; }
 #hrsam-banner { background: #fff4d6; border: 1px solid #e8b400; border-radius: 6px; padding: 2px 12px; }
 #hrsam-status .error { color: #c0182b; font-weight: 600; }
+"""
+# Gradio's image fires ``select`` on the left button only. This page script turns a right click on
+# the image into a negative click: it maps the pointer to image pixels the way Gradio's own image
+# preview does (the image is centred, scaled down to fit, never up) and writes "x,y,nonce" into a
+# hidden textbox, whose ``change`` event runs ``DemoApp.on_right_click`` (its ``input`` event does not
+# fire for a value set by a script).
+RIGHT_CLICK_JS = """
+() => {
+  document.addEventListener('contextmenu', (event) => {
+    const frame = event.target.closest && event.target.closest('#hrsam-canvas');
+    const img = frame && frame.querySelector('img');
+    if (!img || !img.naturalWidth) return;
+    event.preventDefault();
+    const box = img.getBoundingClientRect();
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight, 1);
+    const x = Math.round((event.clientX - box.left - (box.width - img.naturalWidth * scale) / 2) / scale);
+    const y = Math.round((event.clientY - box.top - (box.height - img.naturalHeight * scale) / 2) / scale);
+    if (x < 0 || y < 0 || x >= img.naturalWidth || y >= img.naturalHeight) return;
+    const field = document.querySelector('#hrsam-rightclick textarea, #hrsam-rightclick input');
+    field.value = `${x},${y},${Date.now()}`;
+    field.dispatchEvent(new Event('input', {bubbles: true}));
+  });
+}
 """
 
 
@@ -72,7 +95,7 @@ def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
             if width * height > max_pixels:
                 raise ValueError(
                     f"{name} is {width} x {height} = {width * height / 1e6:.1f} megapixels; this demo accepts up "
-                    f"to {max_pixels / 1e6:.0f} megapixels. Downscale it first."
+                    f"to {max_pixels / 1e6:g} megapixels. Downscale it first."
                 )
             return to_rgb_uint8(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, TypeError) as error:
@@ -121,10 +144,10 @@ class DemoApp:
 
         return self._run(session, work)
 
-    def on_example(self, session: Session | None, model: str, size: int, engine: str, event: gr.SelectData,
+    def on_example(self, index: int, session: Session | None, model: str, size: int, engine: str,
                    progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
         def work(session: Session) -> str:
-            path = EXAMPLES[event.index]
+            path = EXAMPLES[index]
             return self._load(session, read_image(path, self.config.max_pixels), path.name, model, size, engine,
                               progress)
 
@@ -143,6 +166,11 @@ class DemoApp:
     def on_click(self, session: Session | None, mode: str, event: gr.SelectData) -> tuple:
         index = event.index if isinstance(event.index, list | tuple) and len(event.index) == 2 else (None, None)
         return self._run(session, lambda s: self._click(s, index[0], index[1], mode == "positive"))
+
+    def on_right_click(self, session: Session | None, text: str) -> tuple:
+        """A right click on the image (see ``RIGHT_CLICK_JS``): always a negative click."""
+        parts = text.split(",")
+        return self._run(session, lambda s: self._click(s, *(parts[:2] if len(parts) == 3 else (None, None)), False))
 
     def on_undo(self, session: Session | None) -> tuple:
         def work(session: Session) -> str:
@@ -183,11 +211,14 @@ class DemoApp:
         """Decode one click with both backends, each with its own previous mask as the prompt."""
         click = session.check_click(x, y, positive)
         coords, labels = session.points(click)
+        runners: dict[str, TimedRunner] = {role: session.encodings[role].predictor.runner for role in ROLES}
+        limits = [runner.max_points for runner in runners.values() if runner.max_points is not None]
+        if limits and len(coords) + 1 > min(limits):  # + SAM's padding point
+            raise ValueError(f"This engine takes at most {min(limits) - 1} clicks: undo or reset to go on.")
         results = {}
-        for role in ROLES:
+        for role, runner in runners.items():
             predictor = session.encodings[role].predictor
             masks, scores, low_res = predictor.predict(coords, labels, mask_input=session.mask_prompt(role))
-            runner: TimedRunner = predictor.runner
             results[role] = BackendResult.from_mask(masks[0], low_res, scores[0], runner.last_ms("decode"))
         session.add(Step(click, results))
         kind = "Positive" if positive else "Negative"
@@ -199,9 +230,10 @@ class DemoApp:
         """Every output of every callback, derived from the session."""
         css_class = "error" if error else "info"
         status = f"<p class='{css_class}'>{message}</p>" if message else ""
+        plot = gr.LinePlot(latency_frame(session), x_lim=plot_x_range(session))
         if session.image is None:
-            return session, None, status, latency_html(session, []), latency_frame(session), clicks_frame(
-                session), gr.DownloadButton(value=None, interactive=False)
+            return session, None, status, latency_html(session, []), plot, clicks_frame(session), gr.DownloadButton(
+                value=None, interactive=False)
         last = session.last
         mask = last.results["engine"].mask if last else None
         disagreement = mask ^ last.results["eager"].mask if last else None
@@ -214,8 +246,7 @@ class DemoApp:
                 old.unlink()
             path = folder / f"{Path(session.image_name).stem}-mask-{len(session.steps)}clicks.png"
             download = gr.DownloadButton(value=str(save_mask_png(mask, path)), interactive=True)
-        return (session, overlay, status, latency_html(session, notes), latency_frame(session),
-                clicks_frame(session), download)
+        return session, overlay, status, latency_html(session, notes), plot, clicks_frame(session), download
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -241,42 +272,48 @@ class DemoApp:
                     canvas = gr.Image(label="Click on the image to segment", interactive=False, type="numpy",
                                       format="png", height=560, elem_id="hrsam-canvas", buttons=["fullscreen"])
                     with gr.Row():
-                        mode = gr.Radio([("Positive click (+)", "positive"), ("Negative click (−)", "negative")],
-                                        value="positive", label="Next click", elem_id="hrsam-mode", scale=3)
-                        undo = gr.Button("Undo", elem_id="hrsam-undo", scale=1)
-                        reset = gr.Button("Reset", elem_id="hrsam-reset", scale=1)
-                        download = gr.DownloadButton("Download mask (PNG)", interactive=False,
-                                                     elem_id="hrsam-download", scale=2)
+                        mode = gr.Radio([("Positive (+)", "positive"), ("Negative (−)", "negative")],
+                                        value="positive", label="Left click adds (right click: negative)",
+                                        elem_id="hrsam-mode", scale=5)
+                        with gr.Column(scale=4, min_width=240):
+                            with gr.Row():
+                                undo = gr.Button("Undo", elem_id="hrsam-undo", size="md", min_width=80)
+                                reset = gr.Button("Reset", elem_id="hrsam-reset", size="md", min_width=80)
+                            download = gr.DownloadButton("Download mask (PNG)", interactive=False, size="md",
+                                                         elem_id="hrsam-download")
                     status = gr.HTML("<p>Upload an image or pick the example to start.</p>", elem_id="hrsam-status")
+                    right_click = gr.Textbox(visible="hidden", elem_id="hrsam-rightclick")
                 with gr.Column(scale=2):
                     with gr.Row():
                         upload = gr.UploadButton("Upload an image", file_types=["image"], type="filepath",
                                                  elem_id="hrsam-upload", variant="primary")
-                    examples = gr.Gallery([str(p) for p in EXAMPLES], label="…or pick an example", columns=4,
-                                          height=120, allow_preview=False, elem_id="hrsam-examples")
+                    examples = gr.Dataset(components=["image"], samples=[[str(p)] for p in EXAMPLES], type="index",
+                                          label="…or pick an example", layout="gallery", elem_id="hrsam-examples")
                     with gr.Row():
                         model = gr.Dropdown(sorted(self.pool.models), value=config.default_model, label="Model")
                         size = gr.Dropdown(sorted({*config.sizes, config.default_size}), value=config.default_size,
                                            label="Input size", info="padded side S")
                         engine = gr.Dropdown(engine_choices(), value=config.default_engine, label="Engine")
                     panel = gr.HTML(latency_html(Session(), []), elem_id="hrsam-latency")
-                    plot = gr.LinePlot(latency_frame(Session()), x="click", y="decoder ms", color="backend",
-                                       title="Decoder time per click", height=220, elem_id="hrsam-plot")
+                    plot = gr.LinePlot(None, x="click", y="decoder ms", color="backend", x_axis_format="d",
+                                       x_lim=plot_x_range(Session()), title="Decoder time per click", height=220,
+                                       elem_id="hrsam-plot")
                     table = gr.Dataframe(clicks_frame(Session()), label="Clicks", interactive=False,
                                          elem_id="hrsam-clicks")
             gr.Markdown(
                 f"Up to {config.concurrency} requests run at once; others wait in the queue. Images up to "
-                f"{config.max_pixels / 1e6:.0f} megapixels and {config.max_file_size}. Each session's files live in "
+                f"{config.max_pixels / 1e6:g} megapixels and {config.max_file_size}. Each session's files live in "
                 "its own temporary folder, deleted when the session expires."
             )
             outputs = [state, canvas, status, panel, plot, table, download]
             settings = [model, size, engine]
             upload.upload(self.on_upload, [upload, state, *settings], outputs)
-            examples.select(self.on_example, [state, *settings], outputs)
+            examples.click(self.on_example, [examples, state, *settings], outputs)
             for menu in settings:
                 menu.input(self.on_settings, [state, *settings], outputs)
             model.input(lambda m: gr.Markdown(self.banner(m), visible=bool(self.banner(m))), model, banner)
             canvas.select(self.on_click, [state, mode], outputs, trigger_mode="multiple")
+            right_click.change(self.on_right_click, [state, right_click], outputs, trigger_mode="multiple")
             undo.click(self.on_undo, state, outputs)
             reset.click(self.on_reset, state, outputs)
         blocks.queue(default_concurrency_limit=config.concurrency, max_size=64)
@@ -285,4 +322,4 @@ class DemoApp:
 
 def launch(blocks: gr.Blocks, config: DemoConfig, **kwargs: Any) -> tuple[Any, str, str | None]:
     """Start the server (``kwargs`` go to ``Blocks.launch``: server_name, server_port, share, ...)."""
-    return blocks.launch(max_file_size=config.max_file_size, css=CSS, **kwargs)
+    return blocks.launch(max_file_size=config.max_file_size, css=CSS, js=RIGHT_CLICK_JS, **kwargs)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from demo.session import Encoding
 from hrsam.checkpoint import LoadedModel, load_model, weights_sha256
+from hrsam.compiled import CompiledRunner
 from hrsam.contract import Sidecar
 from hrsam.predictor import HRSAMPredictor
 from hrsam.runner import EagerRunner, Runner, RunnerInfo, autocast_dtype_of
@@ -35,7 +36,12 @@ from trt_runtime import backend_unavailable_reason, open_runner
 AUTO = "auto"
 # The engine the demo shows when the user leaves the choice to it: the fastest that can run here.
 ENGINE_PREFERENCE = ("tensorrt", "compiled", "onnxruntime")
-FILE_BACKENDS = ("onnxruntime", "tensorrt", "aoti")
+# Backends that run an export directory (made through demo/pipeline.py); AOTInductor packages are
+# not offered: the demo's pipeline does not build them.
+FILE_BACKENDS = ("onnxruntime", "tensorrt")
+# The precision each engine runs in unless --precision says otherwise: ONNX Runtime has only the
+# float32 graphs; TensorRT and the compiled runner are there to be fast on a GPU.
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16", "compiled": "bf16", "eager": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,11 @@ class TimedRunner(Runner):
     def device(self) -> torch.device:
         return self.inner.device
 
+    @property
+    def max_points(self) -> int | None:
+        """Most prompt points (clicks + SAM's padding point) the backend takes, if it has a limit."""
+        return getattr(self.inner, "max_points", None)
+
     def last_ms(self, kind: str) -> float:
         """Milliseconds of this thread's last ``encode`` or ``decode`` call."""
         return getattr(self._last, kind)
@@ -127,7 +138,7 @@ class TimedRunner(Runner):
 def engine_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for the engine menu: "auto" first, then each engine with why it cannot run."""
     choices = [(f"auto ({resolve_auto()[0]})", AUTO)]
-    for backend in ENGINE_PREFERENCE + ("aoti", "eager"):
+    for backend in ENGINE_PREFERENCE + ("eager",):
         reason = backend_unavailable_reason(backend)
         label = backend if reason is None else f"{backend} (cannot run here)"
         choices.append((label, backend))
@@ -166,7 +177,8 @@ class EnginePool:
         export_dir_for: (model spec, input size, weights SHA-256) -> export directory; called for
             file backends (it may export on first use: ``demo.pipeline.ExportCache.ensure``).
         device: where eager (and compiled) runners run; file backends get it too.
-        precision: the engine's precision (fp32, fp16, bf16); the eager reference is always fp32.
+        precision: the engine's precision (fp32, fp16, bf16; ONNX Runtime is always fp32), None for
+            ``DEFAULT_PRECISION``; the eager reference is always fp32.
         max_images: embeddings kept per runner pair for images no session holds any more.
     """
 
@@ -175,10 +187,11 @@ class EnginePool:
         models: dict[str, ModelSpec],
         export_dir_for: Callable[[ModelSpec, int, str], Path],
         device: str | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
         max_images: int = 8,
     ) -> None:
-        autocast_dtype_of(precision)  # a clear error for an unknown precision, at start-up
+        if precision is not None:
+            autocast_dtype_of(precision)  # a clear error for an unknown precision, at start-up
         self.models = models
         self.export_dir_for = export_dir_for
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -208,6 +221,12 @@ class EnginePool:
                 self._loaded[model] = (loaded, weights)
             return self._loaded[model]
 
+    def precision_for(self, backend: str) -> str:
+        """The precision ``backend`` runs in here (ONNX Runtime has only float32 graphs)."""
+        if backend in ("onnxruntime", "eager"):
+            return "fp32"
+        return self.precision or DEFAULT_PRECISION[backend]
+
     def weights(self, model: str) -> Weights:
         return self._load(model)[1]
 
@@ -232,20 +251,29 @@ class EnginePool:
 
     def _open_engine(self, setting: Setting) -> TimedRunner:
         spec = self.spec(setting.model)
-        if setting.backend not in FILE_BACKENDS:
-            runner = open_runner(
-                setting.backend, model=spec.requested, checkpoint=spec.checkpoint, device=self.device,
-                precision=self.precision,
-            )
+        precision = self.precision_for(setting.backend)
+        if setting.backend == "compiled":  # compiled for the session's input size (open_runner's is 1024)
+            loaded = load_model(spec.requested, spec.checkpoint)
+            runner = CompiledRunner(loaded.model.to(self.device), autocast_dtype=autocast_dtype_of(precision),
+                                    weights=loaded.weights, input_size=setting.size)
             return TimedRunner(runner)
+        if setting.backend not in FILE_BACKENDS:
+            raise ValueError(f"The demo does not offer the {setting.backend} engine; pick onnxruntime or tensorrt.")
         sha256 = self.weights(setting.model).sha256
         export_dir = self.export_dir_for(spec, setting.size, sha256)
-        runner = open_runner(setting.backend, export_dir=export_dir, device=self.device, precision=self.precision)
+        runner = open_runner(setting.backend, export_dir=export_dir, device=self._file_device(setting.backend),
+                             precision=precision)
         same = Sidecar.read(export_dir).weights_sha256 == sha256
         note = "" if same else (
             f"The engine's export ({export_dir}) holds other weights than the eager model, so their masks differ."
         )
         return TimedRunner(runner, note)
+
+    def _file_device(self, backend: str) -> str | None:
+        """ONNX Runtime runs on the CPU (its custom nodes are served there); TensorRT picks its GPU."""
+        if backend == "onnxruntime":
+            return "cpu"
+        return self.device if self.device.startswith("cuda") else None
 
     def encode(self, runner: TimedRunner, image: np.ndarray, digest: str, size: int) -> Encoding:
         """An ``Encoding`` of ``image`` (identified by ``digest``) on ``runner``: from the cache, or encoded now."""

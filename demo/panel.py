@@ -13,7 +13,7 @@ import pandas as pd
 from demo.session import ROLES, Session
 
 ROLE_TITLES = {"engine": "Engine", "eager": "Eager PyTorch (reference)"}
-CLICK_COLUMNS = ["click", "type", "x", "y", "engine ms", "eager ms", "IoU", "mask px"]
+CLICK_COLUMNS = ["click", "type", "x", "y", "engine ms", "eager ms", "IoU"]
 PLOT_COLUMNS = ["click", "backend", "decoder ms"]
 
 
@@ -80,13 +80,25 @@ def latency_html(session: Session, notes: list[str]) -> str:
     )
 
 
-def latency_frame(session: Session) -> pd.DataFrame:
-    """Per-click decoder times of both backends, long format, for the line plot."""
-    return pd.DataFrame(session.latency_rows(), columns=PLOT_COLUMNS)
+def latency_frame(session: Session) -> pd.DataFrame | None:
+    """Per-click decoder times of both backends, long format, for the line plot; None before the first click.
+
+    None, not an empty frame: Gradio's line plot keeps the (empty) colour legend of an empty frame
+    and then draws no lines for later data.
+    """
+    rows = session.latency_rows()
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=PLOT_COLUMNS).astype({"click": "int64", "decoder ms": "float64"})
+
+
+def plot_x_range(session: Session) -> list[float]:
+    """The plot's click axis: at least 1..10, so its ticks fall on whole clicks."""
+    return [1, max(10, len(session.steps))]
 
 
 def clicks_frame(session: Session) -> pd.DataFrame:
-    """One row per click: where, which kind, both decoder times, the IoU between the masks, the mask area."""
+    """One row per click: where, which kind, both decoder times, the IoU between the two backends' masks."""
     rows = []
     for number, step in enumerate(session.steps, start=1):
         engine, eager = (step.results.get(role) for role in ROLES)
@@ -98,6 +110,5 @@ def clicks_frame(session: Session) -> pd.DataFrame:
             "engine ms": round(engine.decode_ms, 1) if engine else None,
             "eager ms": round(eager.decode_ms, 1) if eager else None,
             "IoU": None if step.iou is None else round(step.iou, 4),
-            "mask px": engine.area if engine else None,
         })
     return pd.DataFrame(rows, columns=CLICK_COLUMNS)

@@ -4,8 +4,9 @@ The demo never imports ``export`` (imports point demo -> trt_runtime -> export, 
 pulls in onnx / onnxscript); it runs the documented commands instead, exactly as a user would:
 
 1. ``python -m export onnx [--model M] [--checkpoint F] --size S --out DIR``;
-2. ``python -m export engine DIR`` when TensorRT can run here (a GPU and the TensorRT package);
-3. ``python -m export check DIR``: ONNX Runtime against eager on the same inputs.
+2. ``python -m export check DIR``: ONNX Runtime against eager on the same inputs;
+3. where TensorRT can run (a GPU and the TensorRT package): ``python -m export engine DIR
+   --precision P`` and ``python -m export validate DIR`` (the engines against eager).
 
 Exports are cached under ``<cache>/<model>-<weights sha256[:12]>-<size>/`` with a ``.validated``
 marker written after the check passed, so a second launch (or a second user choosing the same
@@ -55,10 +56,14 @@ class ExportCache:
         pinned: an export directory given by the user (``--export-dir``); it is used for its own
             model and size and never rewritten.
         log: where progress lines go (the launcher prints them).
+        engine_precision: the precision TensorRT engines are built in, where TensorRT runs.
     """
 
-    def __init__(self, root: Path, pinned: Path | None = None, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, root: Path, pinned: Path | None = None, log: Callable[[str], None] = print, engine_precision: str = "fp16"
+    ) -> None:
         self.root = root
+        self.engine_precision = engine_precision
         self.pinned = pinned
         self.pinned_sidecar = Sidecar.read(pinned) if pinned is not None else None
         self.log = log
@@ -93,11 +98,13 @@ class ExportCache:
         self.log(f"exporting {spec.name} at input size {size} to ONNX (once; cached in {final})")
         try:
             run_export_command(["onnx", *spec.export_args(), "--size", str(size), "--out", str(partial)])
-            if backend_unavailable_reason("tensorrt") is None:
-                self.log("building TensorRT engines")
-                run_export_command(["engine", str(partial)])
-            self.log("validating the export against eager PyTorch (python -m export check)")
+            self.log("validating ONNX Runtime against eager PyTorch (python -m export check)")
             report = run_export_command(["check", str(partial)])
+            if backend_unavailable_reason("tensorrt") is None:
+                self.log(f"building {self.engine_precision} TensorRT engines (python -m export engine)")
+                run_export_command(["engine", str(partial), "--precision", self.engine_precision])
+                self.log("validating the engines against eager PyTorch (python -m export validate)")
+                report += run_export_command(["validate", str(partial)])
             (partial / VALIDATED).write_text(report)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)

@@ -191,9 +191,14 @@ class Session:
         rows = []
         for number, step in enumerate(self.steps, start=1):
             for role, result in step.results.items():
-                backend = self.encodings[role].backend if role in self.encodings else role
-                rows.append({"click": number, "backend": f"{role}: {backend}", "decoder ms": result.decode_ms})
+                rows.append({"click": number, "backend": self.series_name(role), "decoder ms": result.decode_ms})
         return rows
+
+    def series_name(self, role: str) -> str:
+        """How the plot names a role's line: "engine (onnxruntime)", "eager PyTorch"."""
+        if role == "eager":
+            return "eager PyTorch"
+        return f"engine ({self.encodings[role].backend})" if role in self.encodings else role
 
     def workdir(self) -> Path:
         """This session's own folder for the uploaded image and the PNGs it produces (made on first use)."""
