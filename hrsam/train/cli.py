@@ -29,9 +29,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--init", default=None, help="start from these weights (e.g. a distilled checkpoint)")
     run.add_argument("--out", required=True, help="output folder: metrics.csv, train.log, loss.png, models")
     run.add_argument("--state-dir", default=None, help="where state.pt goes (default: --out)")
-    run.add_argument("--resume", default=None, help="state.pt (exact) or weights_fp32.safetensors (portable)")
+    run.add_argument("--resume", default=None,
+                     help="state.pt (exact) or a run's weights_fp32 / model_fp16 .safetensors (another machine)")
     run.add_argument("--steps", type=int, default=2000, help="schedule length (an upper bound with --fit-steps)")
     run.add_argument("--batch-size", type=int, default=8, help="images per process and step")
+    run.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) after this step")
     run.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint) within this time")
     run.add_argument("--fit-steps-to-budget", action="store_true",
                      help="shorten the schedule to what fits in --max-minutes, measured after a few steps")
@@ -106,7 +108,7 @@ def _settings(args: argparse.Namespace, kind: str) -> LoopSettings:
         max_minutes=args.max_minutes, fit_steps_to_budget=args.fit_steps_to_budget,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, workers=args.workers,
         device=args.device, state_dir=Path(args.state_dir) if args.state_dir else None, part_mib=args.part_mib,
-        progress_bar=not args.no_progress and sys.stderr.isatty(), started=STARTED,
+        progress_bar=not args.no_progress and sys.stderr.isatty(), stop_at=args.stop_at, started=STARTED,
     )
 
 

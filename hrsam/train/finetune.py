@@ -91,8 +91,9 @@ class FinetuneObjective(nn.Module):
         count = valid.sum().clamp_min(1)
         loss_nfl = (nfl * valid).sum() / count
         loss_iou = (iou_error * valid).sum() / count
+        clicks = torch.tensor(float(len(coords)), device=images.device)
         stats = {"nfl": loss_nfl.detach(), "iou_mse": loss_iou.detach(),
-                 "train_iou": (real_iou * valid).sum() / count, "clicks": torch.tensor(float(len(coords)))}
+                 "train_iou": (real_iou * valid).sum() / count, "clicks": clicks}
         return loss_nfl + self.iou_weight * loss_iou, stats
 
     def _decode(self, embedding: Tensor, coords: list[Tensor], labels: list[Tensor], prompt: Tensor,

@@ -81,20 +81,25 @@ def step_generators(seed: int, step: int, rank: int, device: torch.device) -> tu
 class Budget:
     """The wall-clock budget from ``started`` (epoch seconds): when to stop, how many steps fit.
 
-    ``step_s`` is the measured seconds per step (0 until measured).
+    ``step_s`` is a running average of the seconds per step (0 until the first step ends).
     """
 
     def __init__(self, started: float, minutes: float | None) -> None:
         self.deadline = None if minutes is None else started + 60.0 * minutes
         self.step_s = 0.0
 
+    def observe(self, seconds: float) -> None:
+        """Fold one step's duration into ``step_s`` (the first step, with its set-up, counts fully)."""
+        self.step_s = seconds if self.step_s == 0 else 0.8 * self.step_s + 0.2 * seconds
+
     def exhausted(self, now: float) -> bool:
         return self.deadline is not None and now + 1.5 * self.step_s + FINAL_RESERVE_S > self.deadline
 
-    def steps_left(self, now: float) -> int:
-        if self.deadline is None or self.step_s <= 0:
+    def steps_left(self, now: float, step_s: float) -> int:
+        """Steps of ``step_s`` seconds that still fit before the final reserve."""
+        if self.deadline is None or step_s <= 0:
             return 2**62
-        return max(0, int((self.deadline - FINAL_RESERVE_S - now) / self.step_s))
+        return max(0, int((self.deadline - FINAL_RESERVE_S - now) / step_s))
 
 
 def agree(flag: bool, process: Process) -> bool:

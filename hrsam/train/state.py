@@ -4,11 +4,11 @@
   and the run's key settings. Everything random in a step is derived from (seed, step, rank), so
   resuming from it continues bit-exactly. Written atomically (temporary file, then rename): an
   interruption never leaves a broken checkpoint.
-* ``weights_fp32.safetensors`` (``save_portable``): our safetensors format (``hrsam.checkpoint``)
-  plus the training progress in its metadata; small enough to carry between machines. Resuming
-  from it restarts the optimizer moments (with a short re-warm-up), so it is not bit-exact.
-* ``model_fp16.safetensors`` (``save_release``): the weights in float16 for shipping; every loader
-  reads it (weights are cast to the model's dtype on load).
+* ``weights_fp32.safetensors`` and ``model_fp16.safetensors`` (``save_weights``): our safetensors
+  format (``hrsam.checkpoint``: every loader reads them, casting to the model's dtype) plus the
+  training progress in the metadata. The fp16 file is the release; either one resumes a run on
+  another machine (``load_weights``) with fresh optimizer moments and a short re-warm-up, so not
+  bit-exactly (and from fp16 with weights rounded to half precision).
 
 ``split_file`` cuts a file into parts of at most N MiB (``cat NAME.part-* > NAME`` joins them),
 for transfers with a per-file size limit.
@@ -16,7 +16,6 @@ for transfers with a per-file size limit.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hrsam.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+from hrsam.checkpoint import FORMAT, FORMAT_VERSION
 from hrsam.modeling.configs import ModelConfig
 from hrsam.modeling.interactive import HRSAMInteractive
 
@@ -101,15 +100,17 @@ def load_state(path: Path, model: HRSAMInteractive, optimizer: torch.optim.Optim
     return Progress(**state["progress"])
 
 
-def save_portable(path: Path, model: HRSAMInteractive, progress: Progress) -> None:
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_weights(path: Path, model: HRSAMInteractive, progress: Progress, dtype: torch.dtype) -> None:
+    """The weights in ``dtype`` (float tensors only), with config and progress in the metadata."""
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "hrsam_config": json.dumps(model.config.to_dict()), PORTABLE_KEY: json.dumps(progress.__dict__)}
     _atomic(path, lambda target: save_file(tensors, str(target), metadata=metadata))
 
 
-def load_portable(path: Path, model: HRSAMInteractive) -> Progress:
-    """Load the weights of a ``save_portable`` file into ``model``; return its progress."""
+def load_weights(path: Path, model: HRSAMInteractive) -> Progress:
+    """Load the weights of a ``save_weights`` file into ``model``; return its progress."""
     if not path.is_file():
         raise FileNotFoundError(f"resume file not found: {path}")
     try:
@@ -119,16 +120,11 @@ def load_portable(path: Path, model: HRSAMInteractive) -> Progress:
     except Exception as error:  # noqa: BLE001 - one line naming the file
         raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
     if PORTABLE_KEY not in metadata or "hrsam_config" not in metadata:
-        raise ValueError(f"{path} holds no training progress: resume from state.pt or weights_fp32.safetensors")
+        raise ValueError(f"{path} holds no training progress: resume from state.pt or a run's weights_fp32 / "
+                         "model_fp16 file (or pass it as --init to start a new run from its weights)")
     _check_config(json.loads(metadata["hrsam_config"]), model, path)
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors)  # casts to the model's dtype
     return Progress(**json.loads(metadata[PORTABLE_KEY]))
-
-
-def save_release(path: Path, model: HRSAMInteractive) -> None:
-    """The model in float16, in our safetensors format (``hrsam.checkpoint.save_checkpoint``)."""
-    half = copy.deepcopy(model).cpu().half()
-    _atomic(path, lambda target: save_checkpoint(half, target))
 
 
 def split_file(path: Path, part_mib: int) -> list[Path]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from hrsam.modeling.interactive import HRSAMInteractive
 from hrsam.train.batches import ResumableOrder, normalise, worker_init
@@ -42,7 +43,7 @@ from hrsam.train.runtime import (
     step_generators,
     stop_on_signals,
 )
-from hrsam.train.state import Progress, load_portable, load_state, save_portable, save_release, save_state, split_file
+from hrsam.train.state import Progress, load_state, load_weights, save_state, save_weights, split_file
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Steps timed to fit the schedule to the budget, after skipping the first (compilation, warm-up).
@@ -80,6 +81,7 @@ class LoopSettings:
     part_mib: int | None = None
     progress_bar: bool = True
     rewarmup_steps: int = 50
+    stop_at: int | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -99,7 +101,7 @@ def _resume(path: Path, settings: LoopSettings, model: HRSAMInteractive, optimiz
             scaler: torch.amp.GradScaler | None, samples_per_step: int) -> tuple[Progress, int]:
     """Restore a run; returns its progress and the step from which a re-warm-up starts (or -1)."""
     exact = path.suffix != ".safetensors"
-    progress = load_state(path, model, optimizer, scaler) if exact else load_portable(path, model)
+    progress = load_state(path, model, optimizer, scaler) if exact else load_weights(path, model)
     progress.check_resumable_by(settings.kind, samples_per_step, settings.seed, path, exact)
     return progress, -1 if exact else progress.step
 
@@ -134,39 +136,37 @@ def train(settings: LoopSettings, model: HRSAMInteractive, make_objective: Calla
 
 
 def _run(settings: LoopSettings, process: Process, model: HRSAMInteractive, objective: nn.Module,
-         optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, loader, progress: Progress,
-         restart: int, log: Logger) -> Progress:
+         optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, loader: Iterator,
+         progress: Progress, restart: int, log: Logger) -> Progress:
     budget = Budget(settings.started, settings.max_minutes)
     metrics = MetricsLog(settings.out / "metrics.csv") if process.main else None
-    autocast = PRECISIONS[settings.precision]
     step, total = progress.step, progress.total_steps
-    sums: dict[str, float | Tensor] = {}
-    timer = {"log": time.perf_counter(), "calibrate": 0.0, "count": 0}
+    sums: dict[str, Tensor] = {}
+    timer = {"log": time.perf_counter(), "calibrate": 0.0, "count": step}
     calibrate_at = step + CALIBRATION_SKIP
-    with stop_on_signals() as stopped:
+    bar = tqdm(total=total, initial=step, unit="step", disable=not (process.main and settings.progress_bar))
+    with stop_on_signals() as stopped, bar:
         while step < total:
-            if agree(stopped[0] or budget.exhausted(time.time()), process):
-                log(f"stopping at step {step}: " + ("signal received" if stopped[0] else "time budget reached"))
+            reason = _stop_reason(settings, step, stopped[0], budget, process)
+            if reason:
+                log(f"stopping at step {step} of {total}: {reason}")
                 break
             if step == calibrate_at:
                 timer["calibrate"] = time.perf_counter()
+            started = time.perf_counter()
             schedule = Schedule(settings.lr, total, settings.warmup_steps, settings.warmup_start,
                                 settings.poly_power, restart, settings.rewarmup_steps if restart >= 0 else 0)
             rate = schedule(step)
             set_lr(optimizer, rate)
-            batch = {key: value.to(process.device, non_blocking=True) for key, value in next(loader).items()}
-            batch["image"] = normalise(batch["image"], batch["region"])
-            context = torch.autocast(process.device.type, autocast) if autocast else contextlib.nullcontext()
-            with context:
-                loss, stats = objective(batch, step_generators(settings.seed, step, process.rank, process.device))
-            _backward_and_step(loss, optimizer, scaler, model, settings.clip_grad)
+            loss, stats = _train_step(settings, process, model, objective, optimizer, scaler, next(loader), step)
+            budget.observe(time.perf_counter() - started)
             step += 1
-            for key, value in {"loss": loss.detach(), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            if step == calibrate_at + CALIBRATION_STEPS:
-                budget.step_s = (time.perf_counter() - timer["calibrate"]) / CALIBRATION_STEPS
-                if settings.fit_steps_to_budget:
-                    total = _fit(total, step, budget, settings, process, log)
+            bar.update(1)
+            for key, value in {"loss": loss, **stats}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()  # on the device: no sync per step
+            if step == calibrate_at + CALIBRATION_STEPS and settings.fit_steps_to_budget:
+                seconds = (time.perf_counter() - timer["calibrate"]) / CALIBRATION_STEPS
+                total = bar.total = _fit(total, step, seconds, budget, settings, process, log)
             if step % settings.log_every == 0 or step == total:
                 _log_row(metrics, log, sums, step, total, rate, settings, timer, process)
                 sums = {}
@@ -177,6 +177,29 @@ def _run(settings: LoopSettings, process: Process, model: HRSAMInteractive, obje
     if process.main:
         _finish(settings, model, optimizer, scaler, final, log)
     return final
+
+
+def _stop_reason(settings: LoopSettings, step: int, signalled: bool, budget: Budget, process: Process) -> str:
+    """Why the run stops before ``step`` ('' to go on); the budget decision is collective."""
+    if settings.stop_at is not None and step >= settings.stop_at:
+        return "--stop-at reached"
+    if agree(signalled or budget.exhausted(time.time()), process):
+        return "signal received" if signalled else "time budget reached"
+    return ""
+
+
+def _train_step(settings: LoopSettings, process: Process, model: HRSAMInteractive, objective: nn.Module,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                batch: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimisation step on ``batch``; returns the loss and the objective's statistics."""
+    batch = {key: value.to(process.device, non_blocking=True) for key, value in batch.items()}
+    batch["image"] = normalise(batch["image"], batch["region"])
+    dtype = PRECISIONS[settings.precision]
+    context = torch.autocast(process.device.type, dtype) if dtype else contextlib.nullcontext()
+    with context:
+        loss, stats = objective(batch, step_generators(settings.seed, step, process.rank, process.device))
+    _backward_and_step(loss, optimizer, scaler, model, settings.clip_grad)
+    return loss.detach(), stats
 
 
 def _backward_and_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -196,15 +219,16 @@ def _backward_and_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: t
     optimizer.zero_grad(set_to_none=True)
 
 
-def _fit(total: int, step: int, budget: Budget, settings: LoopSettings, process: Process, log: Logger) -> int:
-    """The schedule length that ends within the budget (never longer than ``settings.steps``)."""
-    fitted = min(settings.steps, step + budget.steps_left(time.time()))
+def _fit(total: int, step: int, step_s: float, budget: Budget, settings: LoopSettings, process: Process,
+         log: Logger) -> int:
+    """The schedule length that ends within the budget at ``step_s`` per step (at most ``settings.steps``)."""
+    fitted = min(settings.steps, step + budget.steps_left(time.time(), step_s))
     if process.world > 1:  # every process must use rank 0's length
         value = torch.tensor([fitted], device=process.device)
         torch.distributed.broadcast(value, 0)
         fitted = int(value.item())
     if fitted != total:
-        log(f"{budget.step_s:.3f} s/step measured: schedule set to {fitted} steps to fit the time budget")
+        log(f"{step_s:.3f} s/step measured: schedule set to {fitted} steps to fit the time budget")
     return fitted
 
 
@@ -231,8 +255,8 @@ def _finish(settings: LoopSettings, model: HRSAMInteractive, optimizer: torch.op
     """Final checkpoint, portable weights, fp16 release file, loss plot; split for transfer if asked."""
     save_state(settings.state_path, model, optimizer, scaler, progress)
     outputs = [settings.out / "weights_fp32.safetensors", settings.out / "model_fp16.safetensors"]
-    save_portable(outputs[0], model, progress)
-    save_release(outputs[1], model)
+    save_weights(outputs[0], model, progress, torch.float32)
+    save_weights(outputs[1], model, progress, torch.float16)
     if (settings.out / "metrics.csv").is_file():
         log(plot(settings.out / "metrics.csv", settings.out / "loss.png"))
     for path in outputs:
