@@ -9,9 +9,9 @@ worse, run).
 
 ``Engine`` binds torch CUDA tensors by name (``set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3`` on the caller's stream), checks every input against the engine's I/O
-(``check_feeds``), and can replay a fixed-shape engine through a CUDA graph. AOT plugins need no
-Python at run time; engines built with ``--plugins jit`` need the plugins registered first, which
-``Engine`` does.
+(``check_feeds``), and can replay a fixed-shape engine through a CUDA graph. Engines built with
+``--plugins jit`` need the plugins registered first, which ``Engine`` does (AOT engines carry
+their kernels).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from hrsam.checkpoint import file_sha256
-from plugins import import_tensorrt
+from plugins import import_tensorrt, unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,23 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, Tensor], device: torch
                 raise ValueError(f"{spec.name} axis {axis} is {size}; this engine takes {allowed} (shape {spec.shape})")
 
 
+def _register_plugins_for(record: EngineRecord) -> None:
+    """Register the hrsam plugins before deserializing an engine that has them.
+
+    A JIT engine calls back into them; an AOT engine carries its kernels and runs without them
+    (``trtexec`` does), so for it registration is only done when ``tensorrt.plugin`` is there.
+    """
+    if record.plugins == "none":
+        return
+    reason = unavailable_reason(aot=record.plugins == "aot")
+    if reason is not None and record.plugins == "jit":
+        raise RuntimeError(f"{record.file} calls Python plugins (built with --plugins jit): {reason}")
+    if reason is None:
+        from plugins.tensorrt_plugins import register_plugins
+
+        register_plugins(aot=record.plugins == "aot")
+
+
 def _torch_dtype(trt, dtype) -> torch.dtype:  # noqa: ANN001
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
              trt.int32: torch.int32, trt.int64: torch.int64, trt.bool: torch.bool}  # fmt: skip
@@ -160,10 +177,7 @@ class Engine:
 
     def __init__(self, path: Path, record: EngineRecord, device: torch.device, cuda_graph: bool = False) -> None:
         trt = import_tensorrt()
-        if record.plugins == "jit":
-            from plugins.tensorrt_plugins import register_plugins
-
-            register_plugins(aot=False)
+        _register_plugins_for(record)
         if file_sha256(path) != record.sha256:
             raise ValueError(f"{path} differs from the engine recorded in model.json (SHA-256): rebuild it")
         self.path, self.record, self.device = path, record, device
