@@ -32,7 +32,8 @@ def image_to_tensors(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.
     from the predictor's float path (none for images already at S, like the synthetic scenes).
     """
     new_h, new_w = resized_size(image.shape[0], image.shape[1], size)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    image = np.array(image) if not image.flags.writeable else np.ascontiguousarray(image)  # PIL arrays are read-only
+    tensor = torch.from_numpy(image).permute(2, 0, 1)
     if (new_h, new_w) != image.shape[:2]:
         resized = F.interpolate(tensor[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
                                 antialias=True)
