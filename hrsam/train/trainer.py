@@ -99,11 +99,19 @@ def _loader(items: Dataset, settings: LoopSettings, process: Process, shuffle: b
 
 def _resume(path: Path, settings: LoopSettings, model: HRSAMInteractive, optimizer: torch.optim.Optimizer,
             scaler: torch.amp.GradScaler | None, samples_per_step: int) -> tuple[Progress, int]:
-    """Restore a run; returns its progress and the step from which a re-warm-up starts (or -1)."""
+    """Restore a run; returns its progress and the step from which a re-warm-up starts (or -1).
+
+    ``state.pt`` continues the same schedule exactly. A weights file starts a new leg from its step:
+    fresh optimizer moments, a short re-warm-up, and a schedule that ends at this run's ``--steps``.
+    """
     exact = path.suffix != ".safetensors"
     progress = load_state(path, model, optimizer, scaler) if exact else load_weights(path, model)
     progress.check_resumable_by(settings.kind, samples_per_step, settings.seed, path, exact)
-    return progress, -1 if exact else progress.step
+    if exact:
+        return progress, -1
+    if progress.step >= settings.steps:  # a new leg: its schedule runs up to this run's --steps
+        raise ValueError(f"{path} is at step {progress.step} already: pass --steps above it to train further")
+    return replace(progress, total_steps=settings.steps, samples_per_step=samples_per_step), progress.step
 
 
 def train(settings: LoopSettings, model: HRSAMInteractive, make_objective: Callable[[HRSAMInteractive], nn.Module],
