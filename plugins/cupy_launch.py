@@ -64,4 +64,5 @@ def launch(kernel: CompiledKernel, inputs: Sequence[int], outputs: Sequence[int]
     cupy = _cupy()
     _, function = _load(kernel.ptx, kernel.name, kernel.shared)
     arguments = kernel_arguments(kernel, inputs, outputs)
-    function(kernel.grid, kernel.block, arguments, shared_mem=kernel.shared, stream=cupy.cuda.ExternalStream(stream))
+    handle = cupy.cuda.Stream.null if stream == 0 else cupy.cuda.ExternalStream(stream)
+    function(kernel.grid, kernel.block, arguments, shared_mem=kernel.shared, stream=handle)
