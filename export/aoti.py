@@ -49,8 +49,11 @@ class AotiResult:
 
 def check_device(device: str) -> torch.device:
     """The build device: packages run only on the kind of device they were compiled for."""
-    target = torch.device(device)
-    if target.type not in ("cuda", "cpu"):
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        target = None
+    if target is None or target.type not in ("cuda", "cpu"):
         raise UserError(f"--device must be cuda or cpu, got {device!r}")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: this machine has no CUDA device (a CPU package: --device cpu)")

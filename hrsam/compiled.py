@@ -51,7 +51,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 
 class EncoderPart(nn.Module):
-    """images [1, 3, S, S] float32 -> image_embeddings [1, 256, S/16, S/16] float32, autocast inside."""
+    """images [1, 3, S, S] float32 -> image_embeddings [1, 256, S/16, S/16] float32 contiguous, autocast inside."""
 
     def __init__(self, model: HRSAMInteractive, autocast_dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -60,7 +60,9 @@ class EncoderPart(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         with _autocast(images.device, self.autocast_dtype):
-            return self.model.encode(images).float()
+            # The neck leaves the embedding channels-last; a package keeps its output's strides and
+            # another package (the decoder) assumes contiguous inputs, so chaining them needs this.
+            return self.model.encode(images).float().contiguous()
 
 
 class DecoderPart(nn.Module):
@@ -88,10 +90,20 @@ def compile_part(part: nn.Module, max_autotune: bool = False) -> Callable[..., o
     """torch.compile of one part (one graph, no CUDA graphs: the runner captures its own).
 
     Call the result under ``torch.no_grad()``: freezing, and the ops' lowered forms, apply only
-    to graphs traced without gradient recording.
+    to graphs traced without gradient recording. ``INDUCTOR_OPTIONS`` are set around every call,
+    not passed as compile options: Dynamo reads ``freezing`` while it traces, and only then does
+    it guard on the identity of the parameters it bakes in, so a graph holding one model's weights
+    is never replayed for another model of the same shapes.
     """
-    options = {**INDUCTOR_OPTIONS, "max_autotune": max_autotune, "triton.cudagraphs": False}
-    return torch.compile(part, fullgraph=True, options=options)
+    compiled = torch.compile(
+        part, fullgraph=True, options={"max_autotune": max_autotune, "triton.cudagraphs": False}
+    )
+
+    def call(*inputs: Tensor) -> object:
+        with torch._inductor.config.patch(INDUCTOR_OPTIONS):
+            return compiled(*inputs)
+
+    return call
 
 
 def decoder_example(embedding_size: int, points: int, device: torch.device) -> tuple[Tensor, ...]:

@@ -2,12 +2,14 @@
 
 CPU: when the lowered forms are chosen (never for ``torch.export`` / ONNX outside ``aot_lowering``),
 that they equal the ops, the scan's ``triton_op`` under Triton's interpreter, why the decoder is
-not padded to point-count buckets, torch.compile (CPU Inductor) of both parts of ``hrsam_tiny`` at
-256 (slow), and the clear error without CUDA.
+not padded to point-count buckets, and the clear error without CUDA; slow (CPU Inductor compiles):
+both parts of ``hrsam_tiny`` at 256 against eager, and frozen weights never shared between two
+models of the same shapes.
 
 GPU (marker ``gpu``): both eager halves captured in CUDA graphs (no host tensors inside), and the
-compiled runner against eager float32 over a 5-click session (``click_session``, shared with
-``tests/test_aoti.py``).
+compiled runner of ``gpu_case()`` (env ``HRSAM_GPU_CASE``, at ``HRSAM_GPU_PRECISION``, default bf16:
+one compile per run) against eager float32 over a 5-click session (``click_session``, shared with
+``tests/test_aoti.py`` and ``benchmarks/compiled.py``).
 
 Tolerances against eager float32, as max |x - ref| / max |ref| per output (``RELATIVE_TOLERANCE``):
 fp32 1e-3 (Inductor reorders reductions and fuses; TF32 stays off), bf16 6e-2 and fp16 2e-2 (the
@@ -38,6 +40,7 @@ from hrsam.ops.varlen_attention.inductor import varlen_attention_lowered
 from hrsam.predictor import HRSAMPredictor
 from hrsam.runner import EagerRunner, Runner
 from tests.test_selective_scan import make_inputs
+from trt_runtime import backend_unavailable_reason, open_runner
 
 REPO = Path(__file__).resolve().parents[1]
 RELATIVE_TOLERANCE = {"fp32": 1e-3, "bf16": 6e-2, "fp16": 2e-2}
@@ -118,6 +121,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     from hrsam.ops.selective_scan.inductor import triton_scan_op
     from hrsam.ops.selective_scan.reference import selective_scan_chunked
     from tests.test_selective_scan import make_inputs
+from trt_runtime import backend_unavailable_reason, open_runner
 
     op = triton_scan_op()
     assert torch.ops.hrsam.selective_scan_triton.default is not None
@@ -167,6 +171,29 @@ def test_compiled_runner_needs_cuda() -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         CompiledRunner(build_model("hrsam_tiny"))
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        open_runner("compiled", model="hrsam_tiny", precision="bf16")
+    assert "needs a CUDA GPU" in backend_unavailable_reason("compiled")
+
+
+class _Small(torch.nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@pytest.mark.slow
+def test_compiled_parts_never_share_frozen_weights() -> None:
+    """Two models of the same shapes compiled in one process each run with their own weights."""
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for seed in (0, 1):
+            part = _Small(seed).eval()
+            torch.testing.assert_close(compile_part(part)(x), part(x))
 
 
 @pytest.mark.slow
@@ -233,6 +260,16 @@ def check_session(got: list, reference: list, same_precision: list, precision: s
         assert iou >= MIN_MASK_IOU, (click, iou)
 
 
+def gpu_case() -> tuple[str, int]:
+    """(model, input size) of the compiled / AOTInductor GPU tests: env HRSAM_GPU_CASE "name:size".
+
+    The default is quick to compile; the GPU command in docs sets hrsampp_vit_b:2048, the case the
+    benchmark measures, so the compile is shared through Inductor's cache.
+    """
+    name, size = os.environ.get("HRSAM_GPU_CASE", "hrsampp_tiny:1024").split(":")
+    return name, int(size)
+
+
 def gpu_model(name: str, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(name).cuda().eval()
@@ -268,18 +305,19 @@ def test_eager_halves_capture_in_cuda_graphs(name: str) -> None:
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", [os.environ.get("HRSAM_GPU_PRECISION", "bf16")])
 def test_compiled_runner_matches_eager_over_a_session(precision: str) -> None:
     from hrsam.runner import autocast_dtype_of
 
-    model = gpu_model("hrsampp_tiny", 1024)
-    runner = CompiledRunner(model, autocast_dtype=autocast_dtype_of(precision), input_size=1024, max_points=8)
-    print(f"compiled runner built in {runner.startup_s:.1f} s")
-    reference = click_session(EagerRunner(model), 1024)
-    same = reference if precision == "fp32" else click_session(EagerRunner(model, autocast_dtype_of(precision)), 1024)
-    check_session(click_session(runner, 1024), reference, same, precision)
+    name, size = gpu_case()
+    model = gpu_model(name, size)
+    runner = CompiledRunner(model, autocast_dtype=autocast_dtype_of(precision), input_size=size, max_points=8)
+    print(f"compiled runner of {name} at {size} ({precision}) built in {runner.startup_s:.1f} s")
+    reference = click_session(EagerRunner(model), size)
+    same = reference if precision == "fp32" else click_session(EagerRunner(model, autocast_dtype_of(precision)), size)
+    check_session(click_session(runner, size), reference, same, precision)
     # a point count without a captured graph runs the compiled decoder directly
-    embedding = runner.encode(torch.randn(1, 3, 1024, 1024, device="cuda"))
-    inputs = decoder_example(64, 9, torch.device("cuda"))
-    iou, masks = runner.decode(embedding, *inputs[1:])
-    assert iou.shape == (1, 4) and masks.shape == (1, 4, 256, 256)
+    embedding = runner.encode(torch.randn(1, 3, size, size, device="cuda"))
+    side = size // 16
+    iou, masks = runner.decode(embedding, *decoder_example(side, 9, torch.device("cuda"))[1:])
+    assert iou.shape == (1, 4) and masks.shape == (1, 4, 4 * side, 4 * side)

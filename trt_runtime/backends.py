@@ -49,12 +49,14 @@ def open_runner(
     precision: str = "fp32",
     allow_partial: bool = False,
     seed: int = 0,
+    input_size: int = 1024,
 ) -> Runner:
     """The runner of ``backend``.
 
     ``eager`` / ``compiled`` load ``model`` / ``checkpoint`` through ``hrsam.checkpoint.load_model``
     (``precision`` picks autocast: fp32, bf16, fp16); the file backends read ``export_dir`` (made by
     ``python -m export``), whose sidecar says which model, weights and input size it holds.
+    ``input_size``: the one input side S the ``compiled`` backend is compiled for.
     """
     _check_backend(backend)
     if backend in _FILE_BACKENDS:
@@ -68,7 +70,9 @@ def open_runner(
     if backend == "compiled":
         from hrsam.compiled import CompiledRunner
 
-        return CompiledRunner(loaded.model.to(target), autocast_dtype=autocast, weights=loaded.weights)
+        return CompiledRunner(
+            loaded.model.to(target), autocast_dtype=autocast, weights=loaded.weights, input_size=input_size
+        )
     return EagerRunner(loaded.model.to(target), autocast_dtype=autocast, weights=loaded.weights)
 
 

@@ -148,4 +148,7 @@ class FlashSwinAttention(nn.Module):
         out = varlen_attention(
             q, k, v, layout.cu_seqlens_q, layout.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, d**-0.5
         )
-        return self.proj(out.reshape(-1, c).index_select(0, layout.q_inverse))
+        # Project, then restore raster order (rows are independent, so the result is the same): under
+        # Inductor the inverse gather then fuses into the block's residual add instead of being a
+        # copy of its own before the projection's GEMM.
+        return self.proj(out.reshape(-1, c)).index_select(0, layout.q_inverse)

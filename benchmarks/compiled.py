@@ -1,0 +1,257 @@
+"""Eager vs compiled (torch.compile + CUDA graphs) vs AOTInductor, side by side with ratios, in one run.
+
+Run on the GPU machine from the repository root:
+
+    python benchmarks/compiled.py --out $OUT/compiled.md --aoti-dir /tmp/hrsam_aoti
+
+Per case (``--cases``, "model:size"; precision ``--precision``, default bf16; random weights from
+seed 0, the weights the GPU tests and the profile use, so Inductor's cache serves them all):
+
+* encoder: ``EagerRunner`` (autocast), ``CompiledRunner`` (graph replay, input copy and output copy
+  included: what the predictor gets) and, for ``--aoti-cases``, ``AOTIRunner``;
+* decoder per click with ``--points`` prompt points (5 clicks + SAM's padding point): eager fp32,
+  eager at the precision, compiled, AOTInductor;
+* first call, reported apart: building the compiled runner (compile + capture; cold or warm as the
+  Inductor cache in ``TORCHINDUCTOR_CACHE_DIR`` is), packaging (or reusing) the AOTInductor files in
+  ``--aoti-dir`` and loading them; ``--startup`` also builds the first case's runner in two fresh
+  processes sharing a new cache directory: cold, then warm (the second process's start);
+* parity over the 5-click session of ``tests/test_compiled.py``: max |logits - eager fp32| / max
+  |eager fp32| over the clicks, and the smallest mask IoU against eager at the same precision.
+
+SAM ViT-B at 1024 (segment_anything's encoder) runs in the same process, eager and compiled (same
+Inductor options, CUDA graph), as the reference the acceptance targets name. Medians of
+``--iters`` calls after warm-up, CUDA events (``benchmarks/common.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.encoder import build_encoder  # noqa: E402
+from export.aoti import export_aoti  # noqa: E402
+from hrsam.checkpoint import load_model  # noqa: E402
+from hrsam.compiled import CompiledRunner, CudaGraphCall, compile_part, decoder_example  # noqa: E402
+from hrsam.contract import SIDECAR_FILE, Sidecar  # noqa: E402
+from hrsam.modeling.configs import PATCH_SIZE  # noqa: E402
+from hrsam.runner import EagerRunner, Runner, autocast_dtype_of  # noqa: E402
+from tests.test_compiled import RELATIVE_TOLERANCE, click_session, mask_iou  # noqa: E402
+from trt_runtime.aoti_runner import AOTIRunner  # noqa: E402
+
+DEFAULT_CASES = ["hrsampp_vit_b:2048", "hrsam_vit_b:1024", "hrsam_vit_b:2048"]
+
+
+class AutocastEncoder(nn.Module):
+    """SAM's image encoder under autocast with float32 output, like ``hrsam.compiled.EncoderPart``."""
+
+    def __init__(self, encoder: nn.Module, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.encoder, self.dtype = encoder, dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return self.encoder(images).float()
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.encoder(images).float()
+
+
+def parse_case(text: str) -> tuple[str, int]:
+    name, size = text.split(":")
+    return name, int(size)
+
+
+def prompts(size: int, points: int) -> tuple[torch.Tensor, ...]:
+    """Decoder prompts: ``points - 1`` clicks and SAM's padding point, no mask prompt."""
+    _, coords, labels, mask, has_mask = decoder_example(size // PATCH_SIZE, points, torch.device("cuda"))
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    coords[:, :-1].copy_(torch.rand(1, points - 1, 2, device="cuda", generator=generator) * size)
+    labels[:, :-1] = 1.0
+    return coords, labels, mask, has_mask
+
+
+def session_parity(runner: Runner, size: int, reference: list, same: list) -> tuple[float, float]:
+    """(max logits error relative to eager fp32, min mask IoU vs eager at the runner's precision)."""
+    got = click_session(runner, size)
+    errors = [np.abs(a[2] - r[2]).max() / np.abs(r[2]).max() for a, r in zip(got, reference, strict=True)]
+    ious = [mask_iou(a[0], s[0]) for a, s in zip(got, same, strict=True)]
+    return float(max(errors)), float(min(ious))
+
+
+def aoti_directory(name: str, size: int, args: argparse.Namespace) -> tuple[Path, str]:
+    """The case's package directory under --aoti-dir, packaged unless it already holds this case."""
+    directory = args.aoti_dir / f"{name}_{size}_{args.precision}"
+    if (directory / SIDECAR_FILE).is_file():
+        sidecar = Sidecar.read(directory)
+        record = sidecar.aoti.get("encoder", {})
+        if (sidecar.model, sidecar.input_size, record.get("precision")) == (name, size, args.precision):
+            return directory, "reused"
+    result = export_aoti(load_model(name), size, directory, args.precision, "cuda", max_points=16)
+    return directory, " + ".join(f"{result.seconds[p]:.0f}" for p in ("encoder", "decoder"))
+
+
+def bench_case(name: str, size: int, aoti: bool, args: argparse.Namespace) -> dict:
+    """All measurements of one case (its model and runners are freed when it returns)."""
+    loaded = load_model(name)
+    model = loaded.model.cuda().eval()
+    model.encoder.prepare(size, size, 1, "cuda")
+    autocast = autocast_dtype_of(args.precision)
+    eager, eager32 = EagerRunner(model, autocast), EagerRunner(model)
+    images = torch.randn(1, 3, size, size, device="cuda")
+    prompt = prompts(size, args.points)
+    embedding = eager.encode(images)
+    row: dict = {"name": name, "size": size, "encoder": {}, "decoder": {}, "parity": {}}
+
+    def time_runner(label: str, runner: Runner) -> None:
+        row["encoder"][label] = cuda_median_ms(lambda: runner.encode(images), iters=args.iters)
+        row["decoder"][label] = cuda_median_ms(lambda: runner.decode(embedding, *prompt), iters=args.iters)
+
+    time_runner("eager", eager)
+    row["decoder"]["eager fp32"] = cuda_median_ms(lambda: eager32.decode(embedding, *prompt), iters=args.iters)
+    reference = click_session(eager32, size)
+    same = click_session(eager, size)
+    compiled = CompiledRunner(model, autocast, loaded.weights, size, max_points=args.points + 2)
+    row["compiled build s"] = compiled.startup_s
+    time_runner("compiled", compiled)
+    row["parity"]["compiled"] = session_parity(compiled, size, reference, same)
+    if aoti:
+        directory, row["aoti packaging s"] = aoti_directory(name, size, args)
+        start = time.perf_counter()
+        packages = AOTIRunner(directory, precision=args.precision)
+        row["aoti load s"] = time.perf_counter() - start
+        time_runner("aoti", packages)
+        row["parity"]["aoti"] = session_parity(packages, size, reference, same)
+    return row
+
+
+def bench_sam(args: argparse.Namespace) -> dict:
+    """SAM ViT-B at 1024: eager and compiled (CUDA graph) encoder at the same precision."""
+    part = AutocastEncoder(build_encoder("sam_vit_b", 1024), autocast_dtype_of(args.precision))
+    images = torch.randn(1, 3, 1024, 1024, device="cuda")
+    with torch.inference_mode():
+        eager_ms = cuda_median_ms(lambda: part(images), iters=args.iters)
+    start = time.perf_counter()
+    graph = CudaGraphCall(compile_part(part), [images.clone()], torch.cuda.graph_pool_handle())
+    build_s = time.perf_counter() - start
+    compiled_ms = cuda_median_ms(lambda: graph(images), iters=args.iters)
+    return {"eager": eager_ms, "compiled": compiled_ms, "build s": build_s}
+
+
+def startup_in_fresh_processes(name: str, size: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Compiled runner build time in two new processes sharing a new, empty Inductor / Triton cache."""
+    times = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=f"{cache}/inductor", TRITON_CACHE_DIR=f"{cache}/triton")
+        for _ in range(2):
+            command = [sys.executable, __file__, "--child", f"{name}:{size}", "--precision", args.precision,
+                       "--out", "/dev/null"]  # fmt: skip
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            times.append(float(done.stdout.strip().splitlines()[-1]))
+    return times[0], times[1]
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, args: argparse.Namespace) -> str:
+    p = args.precision
+    encoder = [[r["name"], r["size"], fmt(r["encoder"]["eager"]), fmt(r["encoder"]["compiled"]),
+                fmt(r["encoder"].get("aoti")), ratio(r["encoder"]["eager"], r["encoder"]["compiled"]),
+                ratio(r["encoder"]["eager"], r["encoder"].get("aoti"))] for r in rows]  # fmt: skip
+    encoder.append(["sam_vit_b", 1024, fmt(sam["eager"]), fmt(sam["compiled"]), "-",
+                    ratio(sam["eager"], sam["compiled"]), "-"])  # fmt: skip
+    decoder = [[r["name"], f"{r['size'] // PATCH_SIZE}^2", fmt(r["decoder"]["eager fp32"]), fmt(r["decoder"]["eager"]),
+                fmt(r["decoder"]["compiled"]), fmt(r["decoder"].get("aoti")),
+                ratio(r["decoder"]["eager fp32"], r["decoder"]["compiled"]),
+                ratio(r["decoder"]["eager fp32"], r["decoder"].get("aoti"))] for r in rows]  # fmt: skip
+    first = [[r["name"], r["size"], fmt(r["compiled build s"], 1), r.get("aoti packaging s", "-"),
+              fmt(r.get("aoti load s"), 1)] for r in rows]  # fmt: skip
+    first.append(["sam_vit_b", 1024, fmt(sam["build s"], 1), "-", "-"])
+    parity = [[r["name"], r["size"], backend, f"{err:.2e}", f"{RELATIVE_TOLERANCE[p]:.0e}", f"{iou:.4f}"]
+              for r in rows for backend, (err, iou) in r["parity"].items()]  # fmt: skip
+    lines = [
+        f"## Compiled engines: eager vs compiled vs AOTInductor ({p})", "",
+        f"- {environment()}; {datetime.date.today().isoformat()}",
+        f"- random weights (seed 0), batch 1; median of {args.iters} calls after warm-up, CUDA events; "
+        f"decoder with {args.points} points (5 clicks + padding point), no mask prompt",
+        "- compiled = hrsam.compiled.CompiledRunner (Inductor, freezing, CUDA graph replay incl. input and output "
+        "copies); AOTI = trt_runtime.aoti_runner.AOTIRunner (python -m export aoti packages, no CUDA graph)", "",
+        "### Encoder (ms)", "",
+        markdown_table(["model", "input", f"eager {p}", "compiled", "AOTI", "eager/compiled", "eager/AOTI"], encoder),
+        "", "### Decoder per click (ms)", "",
+        markdown_table(["model", "embedding", "eager fp32", f"eager {p}", "compiled", "AOTI", "eager fp32/compiled",
+                        "eager fp32/AOTI"], decoder),
+        "", "### First call (s)", "",
+        markdown_table(["model", "input", "compiled runner build", "AOTI packaging (encoder + decoder)",
+                        "AOTI load"], first),
+        "", "### Parity over a 5-click session", "",
+        markdown_table(["model", "input", "backend", "max logits err vs eager fp32", "tolerance",
+                        f"min mask IoU vs eager {p}"], parity),
+    ]  # fmt: skip
+    if startup is not None:
+        lines += ["", f"Compiled runner build of {rows[0]['name']} at {rows[0]['size']} in fresh processes with a new "
+                  f"cache: cold {startup[0]:.1f} s, second process {startup[1]:.1f} s."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def child(case: str, precision: str) -> int:
+    """--child: build the compiled runner of ``case`` and print its build time (for --startup)."""
+    name, size = parse_case(case)
+    model = load_model(name).model.cuda().eval()
+    runner = CompiledRunner(model, autocast_dtype_of(precision), input_size=size, max_points=8)
+    print(f"{runner.startup_s:.2f}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="model:size")
+    parser.add_argument("--aoti-cases", nargs="*", default=DEFAULT_CASES[:1], help="cases also run as packages")
+    parser.add_argument("--aoti-dir", type=Path, default=Path(tempfile.gettempdir()) / "hrsam_aoti")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--points", type=int, default=6)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--startup", action="store_true", help="also time cold / warm builds in fresh processes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("benchmarks/compiled.py needs a CUDA device", file=sys.stderr)
+        return 2
+    if args.child:
+        return child(args.child, args.precision)
+    startup = startup_in_fresh_processes(*parse_case(args.cases[0]), args) if args.startup else None
+    sam = bench_sam(args)
+    print(f"SAM ViT-B 1024: {sam}", flush=True)
+    rows = []
+    for case in args.cases:
+        name, size = parse_case(case)
+        rows.append(bench_case(name, size, case in args.aoti_cases, args))
+        torch.cuda.empty_cache()  # the case's models and runners were freed on return
+        print(rows[-1], flush=True)
+        text = report(rows, sam, startup, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)  # after every case: a cut-short run keeps what it measured
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

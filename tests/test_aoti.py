@@ -1,0 +1,196 @@
+"""AOTInductor packages: ``python -m export aoti`` and ``trt_runtime.aoti_runner.AOTIRunner``.
+
+CPU (slow: two AOTInductor compiles of ``hrsam_tiny`` at input 256, a few minutes on 2 cores,
+shared by the tests through one module fixture): the sidecar records and package metadata, a
+5-click session through ``open_predictor("aoti")`` against the eager model (fp32: 1e-4 of the
+logits' magnitude), both packages run in a Python process that never imports hrsam (no Python
+model code inside), and each refusal (precision, point count, foreign sidecar, another model's
+directory). Fast CPU tests cover the errors that need no package.
+
+GPU (marker ``gpu``): a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default hrsampp_tiny at
+1024) in bf16, against eager fp32 and bf16 over the session (tolerances of
+``tests/test_compiled.py``), and run without hrsam on CUDA. With ``HRSAM_AOTI_DIR`` set the
+package is built there, or reused when that directory already holds this case, so a benchmark run
+afterwards (``benchmarks/compiled.py --aoti-dir``) need not compile it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.aoti import export_aoti
+from export.cli import main as export_main
+from export.onnx_export import make_sidecar
+from hrsam.checkpoint import load_model
+from hrsam.contract import META_MAX_POINTS, META_PRECISION, SIDECAR_FILE, Sidecar
+from hrsam.runner import EagerRunner, autocast_dtype_of
+from tests.test_compiled import check_session, click_session, gpu_case
+from trt_runtime import backend_unavailable_reason, open_runner
+from trt_runtime.aoti_runner import AOTIRunner
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_SIZE = 256
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cpu_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("aoti")
+    export_aoti(load_model("hrsam_tiny"), CPU_SIZE, directory, precision="fp32", device="cpu", max_points=8)
+    return directory
+
+
+@pytest.mark.slow
+def test_sidecar_and_package_metadata(cpu_export: Path) -> None:
+    sidecar = Sidecar.read(cpu_export)
+    assert set(sidecar.aoti) == {"encoder", "decoder"}
+    assert sidecar.aoti["decoder"]["max_points"] == 8 and sidecar.aoti["encoder"]["precision"] == "fp32"
+    runner = AOTIRunner(cpu_export, precision="fp32")
+    metadata = runner._packages["decoder"][1]
+    assert metadata[META_PRECISION] == "fp32" and metadata[META_MAX_POINTS] == "8"
+    assert runner.info.input_size == CPU_SIZE and runner.info.backend == "aoti"
+
+
+@pytest.mark.slow
+def test_session_matches_eager(cpu_export: Path) -> None:
+    runner = open_runner("aoti", export_dir=cpu_export, precision="fp32")
+    reference = click_session(EagerRunner(load_model("hrsam_tiny").model), CPU_SIZE)
+    check_session(click_session(runner, CPU_SIZE), reference, reference, "fp32")
+
+
+_STANDALONE = textwrap.dedent(
+    """
+    import sys
+    import torch
+    packages, scratch, device = sys.argv[1:]
+    inputs = torch.load(scratch + "/in.pt")
+    encoder = torch._inductor.aoti_load_package(packages + "/encoder.pt2")
+    decoder = torch._inductor.aoti_load_package(packages + "/decoder.pt2")
+    embedding = encoder(inputs["images"].to(device))
+    iou, masks = decoder(embedding, *(t.to(device) for t in inputs["prompts"]))
+    torch.save({"embedding": embedding.cpu(), "masks": masks.cpu()}, scratch + "/out.pt")
+    assert not any(name.startswith("hrsam") for name in sys.modules), "hrsam was imported"
+    print("standalone ok")
+    """
+)
+
+
+def run_without_hrsam(directory: Path, runner: AOTIRunner, scratch: Path) -> None:
+    """Both packages in a fresh process that never imports hrsam give the runner's outputs."""
+    size, side = runner.info.input_size, runner.embedding_size
+    images = torch.randn(1, 3, size, size)
+    prompts = (torch.tensor([[[size * 0.3, size * 0.6], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]]),
+               torch.zeros(1, 1, 4 * side, 4 * side), torch.zeros(1))  # fmt: skip
+    torch.save({"images": images, "prompts": prompts}, scratch / "in.pt")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "-c", _STANDALONE, str(directory), str(scratch), runner.device.type]
+    done = subprocess.run(command, cwd="/", env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "standalone ok" in done.stdout, done.stderr[-3000:]
+    out = torch.load(scratch / "out.pt")
+    embedding = runner.encode(images.to(runner.device))
+    _, masks = runner.decode(embedding, *(t.to(runner.device) for t in prompts))
+    torch.testing.assert_close(out["embedding"], embedding.cpu(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["masks"], masks.cpu(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_packages_run_without_hrsam(cpu_export: Path, tmp_path: Path) -> None:
+    run_without_hrsam(cpu_export, AOTIRunner(cpu_export, precision="fp32"), tmp_path)
+
+
+@pytest.mark.slow
+def test_refusals(cpu_export: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="compiled for fp32, not bf16"):
+        AOTIRunner(cpu_export, precision="bf16")
+    runner = AOTIRunner(cpu_export, precision="fp32")
+    embedding = torch.zeros(1, 256, 16, 16)
+    too_many = (torch.zeros(1, 9, 2), torch.zeros(1, 9), torch.zeros(1, 1, 64, 64), torch.zeros(1))
+    with pytest.raises(ValueError, match="1 to 8 points"):
+        runner.decode(embedding, *too_many)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(cpu_export, foreign)
+    data = json.loads((foreign / SIDECAR_FILE).read_text())
+    data["weights_sha256"] = "0" * 64
+    (foreign / SIDECAR_FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not belong"):
+        AOTIRunner(foreign, precision="fp32")
+
+
+def test_runner_needs_packages(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no model.json"):
+        AOTIRunner(tmp_path)
+    make_sidecar(load_model("hrsam_tiny"), CPU_SIZE, portable=False).write(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no AOTInductor package for encoder, decoder"):
+        AOTIRunner(tmp_path)
+
+
+def test_backend_is_available_without_cuda() -> None:
+    """CPU packages load anywhere; a CUDA package's need for a GPU is checked when it is opened."""
+    assert backend_unavailable_reason("aoti") is None
+
+
+def test_export_refuses_another_models_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_sidecar(load_model("hrsampp_tiny"), CPU_SIZE, portable=False).write(tmp_path)
+    args = ["aoti", "--model", "hrsam_tiny", "--size", str(CPU_SIZE), "--device", "cpu", "--out", str(tmp_path)]
+    assert export_main(args) == 2
+    assert "holds an export of hrsampp_tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "100"], "multiple of 16"),
+        (["--max-points", "1"], "at least 2"),
+        (["--device", "tpu"], "cuda or cpu"),
+    ],
+)
+def test_export_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, args: list, message: str) -> None:
+    base = ["aoti", "--model", "hrsam_tiny", "--size", "256", "--device", "cpu", "--out", str(tmp_path)]
+    assert export_main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cuda_export_without_cuda_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert export_main(["aoti", "--model", "hrsam_tiny", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def gpu_package(name: str, size: int, precision: str, tmp_path: Path) -> Path:
+    """The GPU case's package directory: HRSAM_AOTI_DIR (reused when it holds this case) or a fresh one."""
+    directory = Path(os.environ.get("HRSAM_AOTI_DIR") or tmp_path / "aoti")
+    loaded = load_model(name)
+    if (directory / SIDECAR_FILE).is_file():
+        sidecar = Sidecar.read(directory)
+        record = sidecar.aoti.get("encoder", {})
+        if (sidecar.model, sidecar.input_size, record.get("precision"), record.get("device")) == (
+            name, size, precision, "cuda"
+        ):
+            return directory
+    result = export_aoti(loaded, size, directory, precision=precision, device="cuda", max_points=16)
+    print(f"packaged in {result.seconds} s; max |package - eager {precision}| {result.errors}")
+    return directory
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_package_matches_eager_over_a_session(tmp_path: Path) -> None:
+    name, size = gpu_case()
+    directory = gpu_package(name, size, "bf16", tmp_path)
+    runner = AOTIRunner(directory, precision="bf16")
+    model = load_model(name).model.cuda().eval()
+    reference = click_session(EagerRunner(model), size)
+    same = click_session(EagerRunner(model, autocast_dtype_of("bf16")), size)
+    check_session(click_session(runner, size), reference, same, "bf16")
+    run_without_hrsam(directory, runner, tmp_path)
