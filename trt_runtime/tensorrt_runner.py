@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hrsam.checkpoint import file_sha256
 from hrsam.contract import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, ENGINE_FILES
 from hrsam.runner import Runner, RunnerInfo
 from plugins import import_tensorrt
@@ -68,14 +67,14 @@ class TensorRTRunner(Runner):
             raise RuntimeError(reason)
         target = cuda_device(device)
         directory = Path(export_dir)
-        self.sidecar, onnx_paths = load_export(directory)
+        self.sidecar, _ = load_export(directory)  # checks the ONNX files against model.json's SHA-256s
         environment = current_environment(target)
         self.records = engine_records(self.sidecar.engines, directory)
         self.warnings = []
         for part, record in self.records.items():
             self.warnings += check_record(
                 record, environment, input_size=self.sidecar.input_size,
-                onnx_sha256=file_sha256(onnx_paths[part]), precision=precision,
+                onnx_sha256=self.sidecar.files.get(part, {}).get("sha256"), precision=precision,
             )  # fmt: skip
         self.encoder = Engine(directory / self.records["encoder"].file, self.records["encoder"], target, cuda_graph)
         self.decoder = Engine(directory / self.records["decoder"].file, self.records["decoder"], target)
