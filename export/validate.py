@@ -17,6 +17,7 @@ Exit status 0 when every figure is within tolerance, 1 when one is missed, 2 for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -84,14 +85,14 @@ def _clicks(image_path: Path, points: str | None) -> tuple[np.ndarray, np.ndarra
     return parse_points(points or DEFAULT_CLICKS)
 
 
-def _onnxruntime_runners(directory: Path) -> tuple[object, object]:
+def _onnxruntime_runners(directory: Path) -> dict[str, object]:
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     from trt_runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(directory)
-    return (OnnxrtRunner(runner.encoder_session, name="onnxruntime"),
-            OnnxrtRunner(runner.decoder_session, name="onnxruntime"))  # fmt: skip
+    return {"encoder": OnnxrtRunner(runner.encoder_session, name="onnxruntime"),
+            "decoder": OnnxrtRunner(runner.decoder_session, name="onnxruntime")}  # fmt: skip
 
 
 def validate_engines(
@@ -104,40 +105,42 @@ def validate_engines(
 ) -> ValidationReport:
     """Compare the directory's engines with eager PyTorch (and ONNX Runtime); see the module docstring."""
     directory = Path(directory)
+    image = load_image(image_path)
+    coords, labels = _clicks(image_path, points)
+    validate_points(coords, labels, image.shape[:2])
     sidecar, _ = load_export(directory)
     records = engine_records(sidecar.engines, directory)
     precision = records["encoder"].precision
     if records["decoder"].precision != precision:
         raise UserError(f"the encoder engine is {precision} but the decoder engine {records['decoder'].precision}")
     engine = TensorRTRunner(directory, precision=precision)
-    image = load_image(image_path)
-    coords, labels = _clicks(image_path, points)
-    validate_points(coords, labels, image.shape[:2])
     tolerance = TOLERANCES[precision]
     device = engine.device
     model = eager_reference(sidecar, checkpoint).model.to(device).eval()
     eager = HRSAMPredictor(EagerRunner(model))
     size = sidecar.input_size
-    ort = _onnxruntime_runners(directory) if onnxruntime else (None, None)
+    references = {"eager": {"encoder": model.encode, "decoder": model.decode}}
+    onnx_runners = _onnxruntime_runners(directory) if onnxruntime else {}
+
+    def compare(part: str, feed: dict[str, np.ndarray], names: tuple[str, ...]) -> list[TensorParity]:
+        """The engine part against eager and, if asked, ONNX Runtime; output names say which."""
+        shapes = {name: array.shape for name, array in feed.items()}
+        function = engine.encode if part == "encoder" else engine.decode
+        runners = [TorchRunner(references["eager"][part], shapes, names, device, name="eager")]
+        runners += [onnx_runners[part]] if onnx_runners else []
+        results = []
+        for runner in runners:
+            ours = TorchRunner(function, shapes, names, device, name="tensorrt")
+            results += [dataclasses.replace(p, name=f"{p.name} vs {runner.name}")
+                        for p in compare_tensors([ours, runner], feed, tolerance)]  # fmt: skip
+        return results
 
     images = preprocess(image, size, device).cpu().numpy()
-    shapes = {ENCODER_INPUTS[0]: images.shape}
-    encoder = compare_tensors(
-        [TorchRunner(engine.encode, shapes, ENCODER_OUTPUTS, device, name="tensorrt"),
-         TorchRunner(model.encode, shapes, ENCODER_OUTPUTS, device, name="eager"),
-         *([ort[0]] if onnxruntime else [])],
-        {ENCODER_INPUTS[0]: images}, tolerance,
-    )  # fmt: skip
+    encoder = compare("encoder", {ENCODER_INPUTS[0]: images}, ENCODER_OUTPUTS)
     eager.set_image(image, target_size=size)
     prompts = eager.prompt_tensors(coords[:1], labels[:1])
     feed = {name: t.cpu().numpy() for name, t in zip(DECODER_INPUTS, (eager.features, *prompts), strict=True)}
-    shapes = {name: array.shape for name, array in feed.items()}
-    decoder = compare_tensors(
-        [TorchRunner(engine.decode, shapes, DECODER_OUTPUTS, device, name="tensorrt"),
-         TorchRunner(model.decode, shapes, DECODER_OUTPUTS, device, name="eager"),
-         *([ort[1]] if onnxruntime else [])],
-        feed, tolerance,
-    )  # fmt: skip
+    decoder = compare("decoder", feed, DECODER_OUTPUTS)
     ious = session_ious(eager, HRSAMPredictor(engine), image, coords, labels, size)
     latency = {}
     if repeats > 0:

@@ -186,6 +186,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no model.json in" in capsys.readouterr().err
     assert main(["validate", str(tmp_path)]) == 2
     assert "no model.json in" in capsys.readouterr().err
+    make_export(tmp_path)
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "has no encoder engine in model.json: build engines with `python -m export engine" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message of a machine without TensorRT (tensorrt is installed)")
