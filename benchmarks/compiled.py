@@ -205,10 +205,36 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         markdown_table(["model", "input", "backend", "max logits err vs eager fp32", "tolerance",
                         f"min mask IoU vs eager {p}"], parity),
     ]  # fmt: skip
+    lines += ["", "### Against the issue's targets", "", *targets(rows, sam)]
     if startup is not None:
         lines += ["", f"Compiled runner build of {rows[0]['name']} at {rows[0]['size']} in fresh processes with a new "
                   f"cache: cold {startup[0]:.1f} s, second process {startup[1]:.1f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict], sam: dict) -> list[str]:
+    """One line per acceptance target these rows measure (issue 13), with the measured numbers."""
+    lines = []
+
+    def check(label: str, value: float | None, limit: float, what: str) -> None:
+        if value is not None:
+            verdict = "met" if value < limit else "NOT met"
+            lines.append(f"- {label}: {value:.2f} ms vs {what} {limit:.2f} ms: {verdict}")
+
+    for r in rows:
+        case = (r["name"], r["size"])
+        for backend in ("compiled", "aoti"):
+            value = r["encoder"].get(backend)
+            if case == ("hrsampp_vit_b", 2048):
+                check(f"HRSAM++ 2048 {backend}", value, sam["eager"], "SAM ViT-B 1024 eager (same run)")
+                check(f"HRSAM++ 2048 {backend}", value, 13.0, "the aim")
+            if case == ("hrsam_vit_b", 2048):
+                check(f"HRSAM 2048 {backend}", value, sam["compiled"], "SAM ViT-B 1024 compiled (same run)")
+            if case == ("hrsam_vit_b", 1024):
+                check(f"HRSAM 1024 {backend}", value, 4.0, "the aim")
+            if r["size"] // PATCH_SIZE == 128:
+                check(f"decoder per click at 128x128, {backend}", r["decoder"].get(backend), 1.5, "the limit")
+    return lines
 
 
 def child(case: str, precision: str) -> int:
