@@ -23,7 +23,7 @@ from hrsam.modeling.configs import DecoderConfig, EncoderConfig, ModelConfig
 from hrsam.modeling.interactive import HRSAMInteractive, build_model
 from hrsam.modeling.sam_decoder import sam_modeling
 from hrsam.train.batches import ResumableOrder, SceneItems, normalise
-from hrsam.train.click_sim import distance_transform, first_clicks, next_clicks, sample_iterations
+from hrsam.train.click_sim import distance_transform, initial_clicks, next_clicks, sample_iterations
 from hrsam.train.distill import DistillItems, DistillObjective, TeacherCache, load_sam_teacher
 from hrsam.train.finetune import FinetuneObjective, normalized_focal_loss
 from hrsam.train.optim import Schedule, layer_id, param_groups
@@ -111,11 +111,12 @@ def test_clicks_go_to_the_innermost_error_pixel() -> None:
     assert labels.tolist() == [-1.0, -1.0]  # nothing left to correct
 
 
-def test_first_clicks_are_inside_objects_and_empty_objects_get_no_point() -> None:
+def test_initial_clicks_fall_on_the_right_side_and_empty_objects_get_no_point() -> None:
     gt = torch.zeros(2, 20, 20, dtype=torch.bool)
     gt[0, 5:9, 3:17] = True
-    yx, labels = first_clicks(gt, torch.Generator().manual_seed(0))
-    assert gt[0, yx[0, 0], yx[0, 1]] and labels.tolist() == [1.0, -1.0]
+    yx, labels = initial_clicks(gt, 3, 2, torch.Generator().manual_seed(0))
+    assert labels.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0], [-1.0] * 5]
+    assert [bool(gt[0, y, x]) for y, x in yx[0].tolist()] == [True, True, True, False, False]
 
 
 def test_iteration_count_follows_the_geometric_weights() -> None:

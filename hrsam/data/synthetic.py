@@ -4,7 +4,7 @@ Scene ``index`` of a ``SyntheticScenes(seed=...)`` is a pure function of (seed, 
 the training stream needs no storage, resumes exactly, and a held-out set is just another seed.
 Each scene pastes K objects (``hrsam.data.shapes``: fine boundaries, thin parts, holes) filled
 with ``hrsam.data.textures`` onto a photograph crop; later objects occlude earlier ones and the
-masks are the visible parts. Objects span 6-70% of the shorter image side, so the same generator
+masks are the visible parts. Objects span 8-80% of the shorter image side, so the same generator
 makes 512 px training images and 2K test images with details a few pixels wide.
 """
 
@@ -75,7 +75,7 @@ class SyntheticScenes:
 def _place_object(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, int, int]:
     """Draw one object of a random family and size; return its alpha and top-left corner."""
     short = min(height, width)
-    size = short * float(np.exp(rng.uniform(np.log(0.06), np.log(0.7))))
+    size = short * float(np.exp(rng.uniform(np.log(0.08), np.log(0.8))))
     aspect = float(np.exp(rng.uniform(-0.5, 0.5)))
     h = int(np.clip(size * aspect, 8, height))
     w = int(np.clip(size / aspect, 8, width))

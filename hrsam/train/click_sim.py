@@ -6,8 +6,12 @@ the evaluation's (``hrsam.evaluation.clicks``): the next click goes to the inner
 larger error region, by an exact Euclidean distance transform with the border as boundary,
 clicked pixels excluded. The distance transform is the separable brute-force one (a minimum over
 each row, then over each column, of squared distances): O(H W (H + W)) work that the GPU does in
-a few large kernels. The first click of each object is positive, drawn with probability
-proportional to the distance to the object's boundary (inner points are likelier, as in RITM).
+a few large kernels. Before that, each object gets initial clicks (``initial_clicks``): half of
+the steps one positive click, the others 1-3 positive and 0-2 negative ones (after RITM's
+multi-point sampling, which gives the decoder more "where" per step early in training); positive
+clicks are drawn with probability proportional to the distance to the object's boundary (inner
+points likelier), negative ones from the background with probability proportional to the distance
+to the object (capped at a few pixels, so near the object as often as far).
 """
 
 from __future__ import annotations
@@ -41,18 +45,38 @@ def distance_transform(region: Tensor) -> Tensor:
     return torch.cat(parts).sqrt()[:, 1:-1, 1:-1]
 
 
-def first_clicks(gt: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One positive click per object, in the object's interior; (yx [N, 2] long, labels [N]).
-
-    Objects with an empty mask get label -1 (SAM's "not a point"), which the decoder ignores.
-    """
-    weights = distance_transform(gt).flatten(1)
+def _draw(weights: Tensor, count: int, generator: torch.Generator, width: int) -> tuple[Tensor, Tensor]:
+    """``count`` pixels per row of [N, H*W] weights -> (yx [N, count, 2], empty [N]: rows of zero weight)."""
     empty = weights.sum(dim=1) == 0
-    weights[empty] = 1.0
-    index = torch.multinomial(weights, 1, generator=generator)[:, 0]
-    yx = torch.stack([index // gt.shape[-1], index % gt.shape[-1]], dim=1)
-    labels = torch.where(empty, -1.0, 1.0)
+    weights = weights.masked_fill(empty[:, None], 1.0)
+    index = torch.multinomial(weights, count, replacement=True, generator=generator)
+    return torch.stack([index // width, index % width], dim=-1), empty
+
+
+def initial_clicks(gt: Tensor, positives: int, negatives: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``positives`` then ``negatives`` clicks per object: (yx [N, P, 2] long, labels [N, P]).
+
+    Objects with an empty mask get label -1 (SAM's "not a point"), which the decoder ignores; so do
+    negative clicks of an object that fills the image.
+    """
+    width = gt.shape[-1]
+    inside = distance_transform(gt).flatten(1)
+    yx, empty = _draw(inside, positives, generator, width)
+    labels = torch.where(empty[:, None], -1.0, torch.ones(gt.shape[0], positives, device=gt.device))
+    if negatives:
+        outside = distance_transform(~gt).flatten(1).clamp(max=8.0)
+        negative_yx, no_background = _draw(outside, negatives, generator, width)
+        negative = torch.where((empty | no_background)[:, None], -1.0, torch.zeros_like(labels[:, :1]))
+        yx = torch.cat([yx, negative_yx], dim=1)
+        labels = torch.cat([labels, negative.expand(-1, negatives)], dim=1)
     return yx, labels
+
+
+def initial_counts(generator: torch.Generator) -> tuple[int, int]:
+    """(positive, negative) initial clicks of a step: (1, 0) half of the time, else 1-3 and 0-2."""
+    if torch.rand((), generator=generator) < 0.5:
+        return 1, 0
+    return int(torch.randint(1, 4, (), generator=generator)), int(torch.randint(0, 3, (), generator=generator))
 
 
 def next_clicks(gt: Tensor, pred: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,9 +97,13 @@ def next_clicks(gt: Tensor, pred: Tensor, clicked: Tensor) -> tuple[Tensor, Tens
 
 
 def mark_clicked(clicked: Tensor, yx: Tensor, labels: Tensor) -> None:
-    """Set the clicked pixels of real clicks (label != -1) in ``clicked`` [N, H, W] (in place)."""
-    rows = torch.arange(clicked.shape[0], device=clicked.device)
-    clicked[rows, yx[:, 0], yx[:, 1]] |= labels != -1
+    """Set the clicked pixels of real clicks (label != -1) in ``clicked`` [N, H, W] (in place).
+
+    ``yx`` [N, 2] or [N, P, 2] with ``labels`` [N] or [N, P].
+    """
+    yx, labels = yx.reshape(yx.shape[0], -1, 2), labels.reshape(labels.shape[0], -1)
+    rows = torch.arange(clicked.shape[0], device=clicked.device)[:, None].expand_as(labels)
+    clicked[rows, yx[..., 0], yx[..., 1]] |= labels != -1
 
 
 def grid_to_pixels(yx: Tensor, cell: float) -> Tensor:

@@ -1,7 +1,8 @@
 """Click fine-tuning: iterative click simulation and the Normalized Focal Loss (paper appendix D.3).
 
-Per step and image: the encoder runs once (with gradients); each of the image's M objects gets a
-first positive click; then k extra rounds (k drawn with probability proportional to 0.6^k, k < 20)
+Per step and image: the encoder runs once (with gradients); each of the image's M objects gets its
+initial clicks (``click_sim.initial_clicks``: one positive, or a few positive and negative); then
+k extra rounds (k drawn with probability proportional to 0.6^k, k < 20)
 run the decoder without gradients, add one click from the error region (``click_sim``) and feed the
 previous low-resolution logits back as the mask prompt, exactly as at inference; the last round
 runs with gradients and is supervised. Loss = NFL of the single-mask output (upsampled to the input
@@ -19,7 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrsam.modeling.interactive import HRSAMInteractive
-from hrsam.train.click_sim import first_clicks, grid_to_pixels, mark_clicked, next_clicks, sample_iterations
+from hrsam.train.click_sim import (
+    grid_to_pixels,
+    initial_clicks,
+    initial_counts,
+    mark_clicked,
+    next_clicks,
+    sample_iterations,
+)
 
 
 def normalized_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, gamma: float = 2.0) -> Tensor:
@@ -65,11 +73,11 @@ class FinetuneObjective(nn.Module):
         low = (4 * embedding.shape[-2], 4 * embedding.shape[-1])
         gt_low = F.interpolate(masks.float(), size=low, mode="area").flatten(0, 1) >= 0.5
         gt_low &= valid.flatten()[:, None, None]
-        yx, labels = first_clicks(gt_low, generator)
+        yx, labels = initial_clicks(gt_low, *initial_counts(cpu_generator), generator)
         clicked = torch.zeros_like(gt_low)
         mark_clicked(clicked, yx, labels)
         cell = size / low[1]
-        coords, point_labels = [grid_to_pixels(yx, cell)], [labels]
+        coords, point_labels = list(grid_to_pixels(yx, cell).unbind(1)), list(labels.unbind(1))
         prompt = torch.zeros(batch_size, objects, 1, *low, device=images.device)
         has_prompt = torch.zeros(batch_size, objects, device=images.device)
         with torch.no_grad():
