@@ -20,7 +20,9 @@ seed 0, the weights the GPU tests and the profile use, so Inductor's cache serve
 
 SAM ViT-B at 1024 (segment_anything's encoder) runs in the same process, eager and compiled (same
 Inductor options, CUDA graph), as the reference the acceptance targets name. Medians of
-``--iters`` calls after warm-up, CUDA events (``benchmarks/common.py``).
+``--iters`` calls after warm-up, CUDA events (``benchmarks/common.py``). Order: SAM, every case's
+eager and compiled runs, then the packages (the slowest to build); ``--out`` is rewritten after
+each step, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -102,38 +104,45 @@ def aoti_directory(name: str, size: int, args: argparse.Namespace) -> tuple[Path
     return directory, " + ".join(f"{result.seconds[p]:.0f}" for p in ("encoder", "decoder"))
 
 
-def bench_case(name: str, size: int, aoti: bool, args: argparse.Namespace) -> dict:
-    """All measurements of one case (its model and runners are freed when it returns)."""
-    loaded = load_model(name)
-    model = loaded.model.cuda().eval()
-    model.encoder.prepare(size, size, 1, "cuda")
-    autocast = autocast_dtype_of(args.precision)
-    eager, eager32 = EagerRunner(model, autocast), EagerRunner(model)
-    images = torch.randn(1, 3, size, size, device="cuda")
-    prompt = prompts(size, args.points)
-    embedding = eager.encode(images)
-    row: dict = {"name": name, "size": size, "encoder": {}, "decoder": {}, "parity": {}}
+class Case:
+    """One model at one input size: its eager runners, inputs and reference sessions, built once."""
 
-    def time_runner(label: str, runner: Runner) -> None:
-        row["encoder"][label] = cuda_median_ms(lambda: runner.encode(images), iters=args.iters)
-        row["decoder"][label] = cuda_median_ms(lambda: runner.decode(embedding, *prompt), iters=args.iters)
+    def __init__(self, name: str, size: int, args: argparse.Namespace) -> None:
+        self.name, self.size, self.args = name, size, args
+        self.loaded = load_model(name)
+        self.model = self.loaded.model.cuda().eval()
+        self.model.encoder.prepare(size, size, 1, "cuda")
+        self.autocast = autocast_dtype_of(args.precision)
+        self.eager, self.eager32 = EagerRunner(self.model, self.autocast), EagerRunner(self.model)
+        self.images = torch.randn(1, 3, size, size, device="cuda")
+        self.prompt = prompts(size, args.points)
+        self.embedding = self.eager.encode(self.images)
+        self.reference = click_session(self.eager32, size)
+        self.same = click_session(self.eager, size)
+        self.row: dict = {"name": name, "size": size, "encoder": {}, "decoder": {}, "parity": {}}
 
-    time_runner("eager", eager)
-    row["decoder"]["eager fp32"] = cuda_median_ms(lambda: eager32.decode(embedding, *prompt), iters=args.iters)
-    reference = click_session(eager32, size)
-    same = click_session(eager, size)
-    compiled = CompiledRunner(model, autocast, loaded.weights, size, max_points=args.points + 2)
-    row["compiled build s"] = compiled.startup_s
-    time_runner("compiled", compiled)
-    row["parity"]["compiled"] = session_parity(compiled, size, reference, same)
-    if aoti:
-        directory, row["aoti packaging s"] = aoti_directory(name, size, args)
+    def time(self, label: str, runner: Runner) -> None:
+        iters = self.args.iters
+        self.row["encoder"][label] = cuda_median_ms(lambda: runner.encode(self.images), iters=iters)
+        self.row["decoder"][label] = cuda_median_ms(lambda: runner.decode(self.embedding, *self.prompt), iters=iters)
+        if label != "eager":
+            self.row["parity"][label] = session_parity(runner, self.size, self.reference, self.same)
+
+    def eager_and_compiled(self) -> None:
+        self.time("eager", self.eager)
+        self.row["decoder"]["eager fp32"] = cuda_median_ms(
+            lambda: self.eager32.decode(self.embedding, *self.prompt), iters=self.args.iters
+        )
+        compiled = CompiledRunner(self.model, self.autocast, self.loaded.weights, self.size, self.args.points + 2)
+        self.row["compiled build s"] = compiled.startup_s
+        self.time("compiled", compiled)
+
+    def aoti(self) -> None:
+        directory, self.row["aoti packaging s"] = aoti_directory(self.name, self.size, self.args)
         start = time.perf_counter()
-        packages = AOTIRunner(directory, precision=args.precision)
-        row["aoti load s"] = time.perf_counter() - start
-        time_runner("aoti", packages)
-        row["parity"]["aoti"] = session_parity(packages, size, reference, same)
-    return row
+        packages = AOTIRunner(directory, precision=self.args.precision)
+        self.row["aoti load s"] = time.perf_counter() - start
+        self.time("aoti", packages)
 
 
 def bench_sam(args: argparse.Namespace) -> dict:
@@ -266,15 +275,24 @@ def main() -> int:
     startup = startup_in_fresh_processes(*parse_case(args.cases[0]), args) if args.startup else None
     sam = bench_sam(args)
     print(f"SAM ViT-B 1024: {sam}", flush=True)
-    rows = []
-    for case in args.cases:
-        name, size = parse_case(case)
-        rows.append(bench_case(name, size, case in args.aoti_cases, args))
-        torch.cuda.empty_cache()  # the case's models and runners were freed on return
-        print(rows[-1], flush=True)
-        text = report(rows, sam, startup, args)
+    cases = []
+
+    def write() -> str:  # after every step: a run cut short keeps what it measured
+        text = report([case.row for case in cases], sam, startup, args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)  # after every case: a cut-short run keeps what it measured
+        args.out.write_text(text)
+        return text
+
+    for spec in args.cases:  # every compiled case first, then the (slow to build) packages
+        cases.append(Case(*parse_case(spec), args))
+        cases[-1].eager_and_compiled()
+        print(f"{spec}: {cases[-1].row}", flush=True)
+        text = write()
+    for case in cases:
+        if f"{case.name}:{case.size}" in args.aoti_cases:
+            case.aoti()
+            print(f"{case.name}:{case.size} AOTI: {case.row}", flush=True)
+            text = write()
     print(text)
     return 0
 
