@@ -94,13 +94,15 @@ def session_parity(runner: Runner, size: int, reference: list, same: list) -> tu
 
 def aoti_directory(name: str, size: int, args: argparse.Namespace) -> tuple[Path, str]:
     """The case's package directory under --aoti-dir, packaged unless it already holds this case."""
-    directory = args.aoti_dir / f"{name}_{size}_{args.precision}"
+    directory = args.aoti_dir / f"{name}_{size}_{args.precision}{'_autotuned' if args.max_autotune else ''}"
     if (directory / SIDECAR_FILE).is_file():
         sidecar = Sidecar.read(directory)
         record = sidecar.aoti.get("encoder", {})
         if (sidecar.model, sidecar.input_size, record.get("precision")) == (name, size, args.precision):
             return directory, "reused"
-    result = export_aoti(load_model(name), size, directory, args.precision, "cuda", max_points=16)
+    result = export_aoti(
+        load_model(name), size, directory, args.precision, "cuda", max_points=16, max_autotune=args.max_autotune
+    )
     return directory, " + ".join(f"{result.seconds[p]:.0f}" for p in ("encoder", "decoder"))
 
 
@@ -133,7 +135,9 @@ class Case:
         self.row["decoder"]["eager fp32"] = cuda_median_ms(
             lambda: self.eager32.decode(self.embedding, *self.prompt), iters=self.args.iters
         )
-        compiled = CompiledRunner(self.model, self.autocast, self.loaded.weights, self.size, self.args.points + 2)
+        compiled = CompiledRunner(
+            self.model, self.autocast, self.loaded.weights, self.size, self.args.points + 2, self.args.max_autotune
+        )
         self.row["compiled build s"] = compiled.startup_s
         self.time("compiled", compiled)
 
@@ -199,7 +203,8 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         f"## Compiled engines: eager vs compiled vs AOTInductor ({p})", "",
         f"- {environment()}; {datetime.date.today().isoformat()}",
         f"- random weights (seed 0), batch 1; median of {args.iters} calls after warm-up, CUDA events; "
-        f"decoder with {args.points} points (5 clicks + padding point), no mask prompt",
+        f"decoder with {args.points} points (5 clicks + padding point), no mask prompt; "
+        f"Inductor max-autotune {'on' if args.max_autotune else 'off'}",
         "- compiled = hrsam.compiled.CompiledRunner (Inductor, freezing, CUDA graph replay incl. input and output "
         "copies); AOTI = trt_runtime.aoti_runner.AOTIRunner (python -m export aoti packages, no CUDA graph)", "",
         "### Encoder (ms)", "",
@@ -265,6 +270,7 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=6)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--startup", action="store_true", help="also time cold / warm builds in fresh processes")
+    parser.add_argument("--max-autotune", action="store_true", help="Inductor max-autotune (much longer builds)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not torch.cuda.is_available():
