@@ -17,12 +17,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from demo.engines import AUTO, DEFAULT_PRECISION, FILE_BACKENDS, EnginePool, ModelSpec, Setting, resolve_backend
+from demo.engines import AUTO, DEFAULT_PRECISION, FILE_BACKENDS, EnginePool, ModelSpec, resolve_backend
 from demo.pipeline import ExportCache, ExportError, default_cache_dir
 from hrsam.checkpoint import DEFAULT_MODEL, read_config
 from hrsam.contract import Sidecar
 from hrsam.modeling.configs import CONFIGS
+
+if TYPE_CHECKING:  # imported in main(), after GRADIO_TEMP_DIR is set
+    from demo.app import DemoApp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +61,14 @@ def default_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(args.model or DEFAULT_MODEL, args.model, args.checkpoint)
 
 
-def prepare(args: argparse.Namespace, pool: EnginePool, spec: ModelSpec, size: int) -> None:
-    """Export (or find) the launch engine, validate it, and open both runners, so the first user waits less."""
+def prepare(args: argparse.Namespace, app: DemoApp, spec: ModelSpec, size: int) -> None:
+    """Export (or find) the launch engine, validate it, and warm both runners up, so the first user waits less."""
     backend, note = resolve_backend(args.engine)
     print(f"engine backend: {backend}" + (f" ({note})" if note else ""), flush=True)
-    weights = pool.weights(spec.name)
-    print(f"model {spec.name}, weights {weights.description}", flush=True)
+    print(f"model {spec.name}, weights {app.pool.weights(spec.name).description}", flush=True)
     if args.no_export and backend in FILE_BACKENDS:
         return
-    pool.engine(Setting(spec.name, size, backend))
-    pool.eager(spec.name)
+    print(f"warming up on the bundled example: {app.warm_up(spec.name, size, args.engine)}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,10 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = ExportCache(args.cache_dir or default_cache_dir(), pinned=args.export_dir,
                             engine_precision=args.precision or DEFAULT_PRECISION["tensorrt"])
         pool = EnginePool(models, cache.ensure, device=args.device, precision=args.precision)
-        prepare(args, pool, spec, size)
         config = DemoConfig(spec.name, size, temp_root, default_engine=args.engine,
                             max_pixels=int(args.max_megapixels * 1e6), concurrency=args.concurrency)
-        blocks = DemoApp(config, pool).build()
+        app = DemoApp(config, pool)
+        prepare(args, app, spec, size)
+        blocks = app.build()
     except (ValueError, FileNotFoundError, ExportError, RuntimeError) as error:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2

@@ -312,6 +312,7 @@ def test_click_flow_and_bad_clicks(app, tmp_path: Path) -> None:
     outputs = app.on_upload(str(path), None, "hrsam_tiny", SIZE, "eager", _no_progress)
     session = outputs[0]
     assert "encoded at input size 256" in _status(outputs) and outputs[1].shape == (60, 80, 3)
+    assert not path.exists() and (session.workdir() / "upload-small.png").is_file()  # moved into the session
     outputs = app.on_click(session, "positive", event)
     assert "Positive click at (10, 20)" in _status(outputs)
     assert outputs[6].value["orig_name"] == "small-mask-1clicks.png"
