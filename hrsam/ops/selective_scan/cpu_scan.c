@@ -29,7 +29,7 @@
  * up (A > 0 with dt > 0, or dt < 0 with A < 0, which the Mamba models never produce). The kernel
  * sets flush-to-zero / denormals-are-zero on its own threads for the duration of the call (the
  * decays of large dt reach the denormal range, where x86 arithmetic is ~100x slower) and
- * restores the caller's mode; the result changes by less than 1e-38 absolute.
+ * restores the caller's mode; each flushed value changes by less than 1.2e-38.
  */
 
 #include <math.h>
@@ -43,13 +43,16 @@
 #endif
 
 /* GCC's -march=native on AVX-512 CPUs still prefers 256-bit vectors; this loop is bound by the
- * vector expf, and the 512-bit one (_ZGVeN16v_expf) measured 37 ms against 48 ms for the 256-bit
- * one per hrsam_tiny Cycle-scan call (docs/BENCHMARKS.md). */
+ * vector expf, and the 512-bit one (_ZGVeN16v_expf) was 10-15% faster than the 256-bit one per
+ * hrsam_tiny Cycle-scan call on the development CPU (docs/BENCHMARKS.md). */
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
-#define LANES 16
+/* Channels per block: two 512-bit vectors per state. Each vector expf is a function call that
+ * spills the live registers; with two calls per state the spills, the loop control and the B/C
+ * broadcasts are shared, which measured 12-20% faster than 16 lanes (docs/BENCHMARKS.md). */
+#define LANES 32
 #define TILE 64
 #define ALIGN 64
 
