@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-heavy lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: $(VENV)/.installed
 	$(PY) -m hrsam segment --out outputs/example
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not gpu and not trt"
+	$(PY) -m pytest -q -m "not gpu and not trt and not heavy"
+
+# Exports at 1024 and other multi-minute CPU checks; CI (.ci/run) runs them after `make test`.
+test-heavy: $(VENV)/.installed
+	$(PY) -m pytest -q -m "heavy and not gpu and not trt"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
@@ -92,11 +94,20 @@ def check_size(size: int) -> int:
     return size
 
 
-def prepare_output_dir(directory: str | Path) -> Path:
-    """Create ``directory`` (or accept an existing one) and prove it is writable, before any work."""
+def check_output_dir(directory: str | Path) -> Path:
+    """Refuse an output path that is a file or lies under one, or an unwritable parent, creating nothing."""
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path} is not writable ({existing} is not a writable directory)")
+    return path
+
+
+def prepare_output_dir(directory: str | Path) -> Path:
+    """Create ``directory`` (or accept an existing one) and prove it is writable."""
+    path = check_output_dir(directory)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
@@ -149,9 +160,14 @@ def _to_onnx(
             output_names=list(names[1]),
             dynamic_shapes=dynamic_shapes,
             custom_translation_table=None if portable else translations(),
-            optimize=True,
+            optimize=not portable,
             verbose=False,
         )
+        if portable:
+            # The full optimizer's pattern rewrites take tens of minutes on the unrolled scan of a
+            # portable graph; constant folding and dead-node removal are what it needs.
+            onnxscript.optimizer.fold_constants(program.model)
+            onnxscript.optimizer.remove_unused_nodes(program.model)
     return program.model_proto
 
 
@@ -238,13 +254,31 @@ def export_onnx(
             sidecar.files[part] = {"file": path.name, "sha256": file_sha256(path), "bytes": str(path.stat().st_size)}
     finally:
         model.encoder.set_portable(False)
+    _keep_built_records(sidecar, directory)
     sidecar.write(directory)
     return ExportResult(sidecar, directory, seconds)
 
 
+def _keep_built_records(sidecar: Sidecar, directory: Path) -> None:
+    """Carry engine / AOTInductor records over from the sidecar being replaced, for the same model.
+
+    Their runtimes recheck each record (ONNX hash, versions, GPU) when they open it, so a record
+    that no longer fits is refused there; dropping it here would only lose a still-valid engine.
+    """
+    try:
+        previous = Sidecar.read(directory)
+    except (FileNotFoundError, ValueError):
+        return
+    same = (previous.model, previous.input_size, previous.weights_sha256) == (
+        sidecar.model, sidecar.input_size, sidecar.weights_sha256
+    )
+    if same:
+        sidecar.engines, sidecar.aoti = previous.engines, previous.aoti
+
+
 def run(args: argparse.Namespace) -> int:
     check_size(args.size)
-    prepare_output_dir(args.out)
+    check_output_dir(args.out)
     loaded = load_model(args.model, args.checkpoint, allow_partial=args.allow_partial, seed=args.seed)
     source = {"checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None, "seed": args.seed}
     result = export_onnx(loaded, args.size, args.out, portable=args.portable, source=source)

@@ -26,6 +26,11 @@ from polygraphy.logger import G_LOGGER
 
 from hrsam.predictor import HRSAMPredictor
 
+try:  # polygraphy >= 0.53 names the simple comparison a class; older versions a factory
+    from polygraphy.comparator import SimpleCompareFunc as _simple_compare
+except ImportError:
+    _simple_compare = CompareFunc.simple
+
 # A 5-click session on the bundled example (hrsam/assets/example.png, 640 x 480).
 DEFAULT_CLICKS = "220,260,1;460,280,0;200,210,1;300,150,1;500,100,0"
 
@@ -107,7 +112,7 @@ def compare_tensors(
     G_LOGGER.module_severity = G_LOGGER.WARNING  # the verdicts are printed by the caller
     results = Comparator.run(list(runners), data_loader=[feed])
     accuracy = Comparator.compare_accuracy(
-        results, compare_func=CompareFunc.simple(atol=tolerance.atol, rtol=tolerance.rtol), fail_fast=False
+        results, compare_func=_simple_compare(atol=tolerance.atol, rtol=tolerance.rtol), fail_fast=False
     )
     # polygraphy < 0.53 returns one AccuracyResult (a dict), newer versions a list of them.
     per_function = [accuracy] if hasattr(accuracy, "items") else list(accuracy)

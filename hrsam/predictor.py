@@ -1,6 +1,6 @@
 """``HRSAMPredictor``: click-based segmentation with the API shape of ``segment_anything.SamPredictor``.
 
-Pre- and post-processing follow the evaluation protocol (SPEC section 3), as the authors do it:
+Pre- and post-processing follow the evaluation protocol (docs/MODEL.md, "Evaluation protocol"), as the authors do it:
 
 * the longest image side is resized to the target size S (bilinear on a float tensor, with
   antialiasing by default; new side ``int(scale * side + 0.5)``), pixels are normalised with SAM's

@@ -54,7 +54,7 @@ def test_matches_sam_at_64x64(decoder: PromptDecoder) -> None:
 
 def test_authors_rule_at_128x128(decoder: PromptDecoder) -> None:
     """2048 input: coords normalised by 2048, 64x64 dense PE and no-mask embedding resized to 128x128,
-    mask prompt at 512x512 (SPEC section 2), computed here with SAM's own functions."""
+    mask prompt at 512x512 (docs/MODEL.md, "Decoder"), computed here with SAM's own functions."""
     torch.manual_seed(2)
     embedding = torch.randn(1, 256, 128, 128)
     coords, labels = _points()

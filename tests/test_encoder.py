@@ -10,7 +10,7 @@ import torch
 from hrsam.modeling.configs import get_config
 from hrsam.modeling.encoder import HRSAMEncoder
 
-# The authors' published encoders (paper, Table 3 / SPEC section 1).
+# The authors' published encoders (paper, Table 3 / docs/MODEL.md, "Encoder").
 PUBLISHED = {"hrsam_vit_b": 96.4e6, "hrsampp_vit_b": 106.9e6}
 
 
@@ -89,9 +89,9 @@ def test_layouts_built_once_per_size() -> None:
     encoder = _encoder("hrsam_tiny")
     with torch.no_grad():
         encoder(torch.randn(1, 3, 256, 256))
-        first = encoder._layouts[(((16, 16),), 1, "cpu")]
+        first = encoder._layouts[(((16, 16),), 1, "cpu", False)]
         encoder(torch.randn(1, 3, 256, 256))
-        assert encoder._layouts[(((16, 16),), 1, "cpu")] is first
+        assert encoder._layouts[(((16, 16),), 1, "cpu", False)] is first
         encoder(torch.randn(1, 3, 256, 320))
     assert len(encoder._layouts) == 2
     plain, shifted = first

@@ -1,4 +1,4 @@
-"""torch.export of the tiny encoders and of the prompt decoder (export contract, SPEC section 4).
+"""torch.export of the tiny encoders and of the prompt decoder (export contract, docs/EXPORT.md).
 
 At a fixed input size the encoder must trace into one graph whose only irregular operations are
 the ``hrsam::`` custom ops, with index plans / cu_seqlens / RoPE tables as constants; the decoder

@@ -67,7 +67,7 @@ class DecoderConfig:
     """SAM's prompt encoder / mask decoder sizes (identical for every published SAM and HRSAM).
 
     ``base_input_size`` is the input size SAM's dense positional encoding was trained for (1024,
-    a 64 x 64 embedding); larger embeddings interpolate it (SPEC section 2).
+    a 64 x 64 embedding); larger embeddings interpolate it (docs/MODEL.md, "Decoder").
     """
 
     prompt_dim: int = 256

@@ -1,4 +1,4 @@
-"""Cycle-scan module (paper 3.5; SPEC section 1): a Mamba-style selective scan over the tokens.
+"""Cycle-scan module (paper 3.5; docs/MODEL.md, "Encoder"): a Mamba-style selective scan over the tokens.
 
 The token sequence (global raster order) is tiled ``repeats`` times and scanned once, so every
 token's state has seen the whole image by the last copy; the copies' outputs are mixed by a
@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from hrsam.ops.selective_scan import selective_scan
 from hrsam.ops.selective_scan.reference import selective_scan_chunked
 
-# Steps per chunk of the portable (standard-op) scan: the exported graph unrolls L / 512 chunks
-# of a 9-step doubling scan, each holding [batch, dim, N, 512] intermediates.
-PORTABLE_SCAN_CHUNK = 512
+# Steps per chunk of the portable (standard-op) scan: the exported graph unrolls L / 2048 chunks
+# of an 11-step doubling scan, each holding [batch, dim, N, 2048] intermediates.
+PORTABLE_SCAN_CHUNK = 2048
 
 # The authors' parameter names (suffix after the module prefix) -> ours. Everything not listed
 # keeps its name: in_norm.*, ssm_proj.*, gamma, out_norm.*, out_proj.*.

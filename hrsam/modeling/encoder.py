@@ -1,4 +1,4 @@
-"""HRSAM and HRSAM++ image encoders (SPEC section 1; paper sections 3 and 3.6).
+"""HRSAM and HRSAM++ image encoders (docs/MODEL.md, "Encoder"; paper sections 3 and 3.6).
 
 Forward order, as the authors' implementation (so their checkpoints give the same result):
 

@@ -2,7 +2,7 @@
 
 The modules are the real ``segment_anything`` classes (so SAM's and the authors' decoder weights
 load unchanged); :class:`PromptDecoder` only changes how their inputs are formed, following the
-authors' adaptation for embeddings other than 64 x 64 (SPEC section 2):
+authors' adaptation for embeddings other than 64 x 64 (docs/MODEL.md, "Decoder"):
 
 * point coordinates (pixels of the padded S x S input) are shifted by +0.5 and normalised by the
   input size derived from the embedding (16 x the embedding side), not by a fixed 1024;

@@ -1,4 +1,6 @@
-"""Traditional Swin window attention (cyclic roll + attention mask), for tests only.
+"""Traditional Swin window attention (cyclic roll + attention mask), the reference of Flash Swin.
+
+Flash Swin is proven equal to it in tests/test_flash_swin.py; benchmarks/flash_swin.py times both.
 
 This is the formulation Flash Swin replaces: the grid is rolled by -shift, cut into k x k
 windows, and the windows that wrapped around get a mask so tokens attend only to tokens that

@@ -1,6 +1,6 @@
 """``hrsam::selective_scan``: Mamba's selective scan as one custom operator.
 
-Signature (SPEC section 4): u, delta [batch, dim, L]; A [dim, N]; B, C [batch, N, L];
+Signature (docs/EXPORT.md): u, delta [batch, dim, L]; A [dim, N]; B, C [batch, N, L];
 D, delta_bias [dim]; delta_softplus (bool) -> y [batch, dim, L] in u's dtype. The state is
 float32 whatever the input dtype (float64 for float64 inputs, which only the reference runs).
 
@@ -149,7 +149,7 @@ def _check(condition: bool, message: str) -> None:
 def _validate(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor
 ) -> None:
-    """Shapes, dtypes and devices of SPEC section 4, with a message naming what is wrong."""
+    """Shapes, dtypes and devices of docs/EXPORT.md, with a message naming what is wrong."""
     _check(u.dim() == 3, f"u must be [batch, dim, L], got shape {tuple(u.shape)}")
     batch, dim, seqlen = u.shape
     _check(seqlen > 0, "u has an empty sequence (L = 0)")

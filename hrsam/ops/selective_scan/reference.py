@@ -1,6 +1,6 @@
 """Pure-torch selective scan: a naive loop for tests and a chunked formulation for real sizes.
 
-Both compute Mamba's selective scan (layout of SPEC section 4)::
+Both compute Mamba's selective scan (layout of docs/EXPORT.md)::
 
     dt_t  = softplus(delta_t + delta_bias)            (or delta_t + delta_bias)
     h_t   = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t  (per channel d and state n, h_{-1} = 0)
