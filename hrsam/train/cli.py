@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     clicks.add_argument("--max-sim-iters", type=int, default=20, help="k < this, P(k) ~ decay^k")
     clicks.add_argument("--sim-decay", type=float, default=0.6, help="decay of P(k)")
     clicks.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU-prediction loss")
+    clicks.add_argument("--dice-weight", type=float, default=0.0,
+                        help="weight of a soft Dice loss added to the NFL (0: the paper's loss)")
     finetune.set_defaults(run=run_finetune)
     distill = commands.add_parser("distill", help="distil a SAM image encoder into the student encoder",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -156,7 +158,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     model = _model(args)
 
     def objective(m: HRSAMInteractive) -> FinetuneObjective:
-        return FinetuneObjective(m, args.max_sim_iters, args.sim_decay, args.iou_weight)
+        return FinetuneObjective(m, args.max_sim_iters, args.sim_decay, args.iou_weight, dice_weight=args.dice_weight)
 
     train(settings, model, objective, model, items, shuffle, Path(args.resume) if args.resume else None)
     return 0

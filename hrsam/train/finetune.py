@@ -6,7 +6,9 @@ k extra rounds (k drawn with probability proportional to 0.6^k, k < 20)
 run the decoder without gradients, add one click from the error region (``click_sim``) and feed the
 previous low-resolution logits back as the mask prompt, exactly as at inference; the last round
 runs with gradients and is supervised. Loss = NFL of the single-mask output (upsampled to the input
-size, as the predictor does) + ``iou_weight`` x MSE of its IoU prediction against the real IoU.
+size, as the predictor does) + ``iou_weight`` x MSE of its IoU prediction against the real IoU
+(+ ``dice_weight`` x soft Dice, off by default: from random weights it shortens the early phase
+in which every pixel is predicted background; docs/TRAINING.md has the measurement).
 
 Batching: the decoder takes one embedding and many prompt sets; ``torch.func.vmap`` maps it over
 the images of the batch (each with its M objects), so training runs the very decoder code of
@@ -46,6 +48,14 @@ def normalized_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, gamma:
     return (focal * bce).sum(dim=(-2, -1)) * scale / total.clamp_min(1.0)
 
 
+def soft_dice_loss(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """1 - soft Dice of sigmoid(logits) and the target over the weighted pixels, [..., H, W] -> [...]."""
+    probability = torch.sigmoid(logits) * weight
+    inter = (probability * target).sum(dim=(-2, -1))
+    total = probability.sum(dim=(-2, -1)) + (target * weight).sum(dim=(-2, -1))
+    return 1 - (2 * inter + 1) / (total + 1)
+
+
 def mask_iou(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """IoU of bool masks over the weighted pixels, [..., H, W] -> [...] (1 where both are empty)."""
     inter = (pred & target & weight).sum(dim=(-2, -1)).float()
@@ -57,10 +67,10 @@ class FinetuneObjective(nn.Module):
     """The click fine-tuning loss of a batch; a module so that DDP can wrap it."""
 
     def __init__(self, model: HRSAMInteractive, max_iterations: int = 20, decay: float = 0.6,
-                 iou_weight: float = 1.0, gamma: float = 2.0) -> None:
+                 iou_weight: float = 1.0, gamma: float = 2.0, dice_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.max_iterations, self.decay = model, max_iterations, decay
-        self.iou_weight, self.gamma = iou_weight, gamma
+        self.iou_weight, self.gamma, self.dice_weight = iou_weight, gamma, dice_weight
         self.decode = torch.func.vmap(model.decoder)
 
     def forward(self, batch: dict[str, Tensor], generators: tuple[torch.Generator, torch.Generator]
@@ -93,6 +103,8 @@ class FinetuneObjective(nn.Module):
         target = masks.float()
         weight = (region[:, None] & valid[:, :, None, None]).float()
         nfl = normalized_focal_loss(logits, target, weight, self.gamma)
+        if self.dice_weight:
+            nfl = nfl + self.dice_weight * soft_dice_loss(logits, target, weight)
         with torch.no_grad():
             real_iou = mask_iou(logits > 0, target > 0.5, weight > 0)
         iou_error = (iou_prediction[:, :, 0].float() - real_iou) ** 2

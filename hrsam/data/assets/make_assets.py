@@ -21,7 +21,7 @@ from scipy import ndimage
 from skimage import color, data, filters, measure, morphology
 
 HERE = Path(__file__).parent
-BACKGROUNDS = ("astronaut", "chelsea", "stereo_motorcycle", "rocket", "grass", "gravel", "brick",
+BACKGROUNDS = ("astronaut", "chelsea", "rocket", "grass", "gravel", "brick",
                "hubble_deep_field", "immunohistochemistry", "retina", "camera", "cell")
 LONG_SIDE = 512
 # (row, column) centroids of the coins kept for evaluation: clean, well separated outlines.
@@ -33,7 +33,6 @@ def save_backgrounds() -> None:
     out.mkdir(exist_ok=True)
     for name in BACKGROUNDS:
         image = getattr(data, name)()
-        image = image[0] if name == "stereo_motorcycle" else image  # (left, right, disparity)
         image = Image.fromarray(image).convert("RGB")
         scale = LONG_SIDE / max(image.size)
         if scale < 1:
