@@ -25,7 +25,7 @@ from hrsam.modeling.sam_decoder import sam_modeling
 from hrsam.train.batches import ResumableOrder, SceneItems, normalise
 from hrsam.train.click_sim import distance_transform, initial_clicks, next_clicks, sample_iterations
 from hrsam.train.distill import DistillItems, DistillObjective, TeacherCache, load_sam_teacher
-from hrsam.train.finetune import FinetuneObjective, normalized_focal_loss
+from hrsam.train.finetune import FinetuneObjective, normalized_focal_loss, soft_dice_loss
 from hrsam.train.optim import Schedule, layer_id, param_groups
 from hrsam.train.state import split_file
 from hrsam.train.trainer import LoopSettings, train
@@ -133,6 +133,14 @@ def test_normalized_focal_loss_prefers_the_right_mask() -> None:
     good = normalized_focal_loss((target * 2 - 1) * 4, target, weight)
     bad = normalized_focal_loss(-(target * 2 - 1) * 4, target, weight)
     assert good < 0.05 < bad
+
+
+def test_soft_dice_loss_is_zero_for_the_right_mask_and_near_one_for_its_complement() -> None:
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1
+    weight = torch.ones_like(target)
+    assert soft_dice_loss((target * 2 - 1) * 20, target, weight) < 0.01
+    assert soft_dice_loss(-(target * 2 - 1) * 20, target, weight) > 0.95
 
 
 def test_layer_ids_and_groups_cover_every_parameter_once() -> None:

@@ -103,18 +103,18 @@ class FinetuneObjective(nn.Module):
         target = masks.float()
         weight = (region[:, None] & valid[:, :, None, None]).float()
         nfl = normalized_focal_loss(logits, target, weight, self.gamma)
-        if self.dice_weight:
-            nfl = nfl + self.dice_weight * soft_dice_loss(logits, target, weight)
+        dice = soft_dice_loss(logits, target, weight) if self.dice_weight else torch.zeros_like(nfl)
         with torch.no_grad():
             real_iou = mask_iou(logits > 0, target > 0.5, weight > 0)
         iou_error = (iou_prediction[:, :, 0].float() - real_iou) ** 2
         count = valid.sum().clamp_min(1)
         loss_nfl = (nfl * valid).sum() / count
+        loss_dice = (dice * valid).sum() / count
         loss_iou = (iou_error * valid).sum() / count
         clicks = torch.tensor(float(len(coords)), device=images.device)
-        stats = {"nfl": loss_nfl.detach(), "iou_mse": loss_iou.detach(),
+        stats = {"nfl": loss_nfl.detach(), "dice": loss_dice.detach(), "iou_mse": loss_iou.detach(),
                  "train_iou": (real_iou * valid).sum() / count, "clicks": clicks}
-        return loss_nfl + self.iou_weight * loss_iou, stats
+        return loss_nfl + self.dice_weight * loss_dice + self.iou_weight * loss_iou, stats
 
     def _decode(self, embedding: Tensor, coords: list[Tensor], labels: list[Tensor], prompt: Tensor,
                 has_prompt: Tensor) -> tuple[Tensor, Tensor]:
