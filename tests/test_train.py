@@ -27,6 +27,7 @@ from hrsam.train.click_sim import distance_transform, initial_clicks, next_click
 from hrsam.train.distill import DistillItems, DistillObjective, TeacherCache, load_sam_teacher
 from hrsam.train.finetune import FinetuneObjective, normalized_focal_loss, soft_dice_loss
 from hrsam.train.optim import Schedule, layer_id, param_groups
+from hrsam.train.runtime import enable_gradient_checkpointing
 from hrsam.train.state import split_file
 from hrsam.train.trainer import LoopSettings, train
 
@@ -78,6 +79,21 @@ def test_tiny_config_finetune_steps_reduce_loss() -> None:
     torch.manual_seed(0)
     losses = _optimise(FinetuneObjective(build_model("hrsam_tiny")), _batch(2, 1), steps=4, lr=1e-3)
     assert losses[-1] < losses[0], losses
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    batch = _batch(2, 1)
+    grads = []
+    for checkpointed in (False, True):
+        model = micro_model()
+        if checkpointed:
+            enable_gradient_checkpointing(model)
+        loss, _ = FinetuneObjective(model)(batch, _generators(5))
+        loss.backward()
+        grads.append([p.grad for p in model.encoder.parameters()])
+        assert list(model.state_dict()) == list(micro_model().state_dict())  # names unchanged
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_vmapped_decoder_equals_per_image_calls() -> None:
@@ -304,3 +320,30 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Captur
     assert main(["distill", "--out", str(tmp_path), "--teacher", str(tmp_path / "no.pth"), "--cache",
                  str(tmp_path / "c"), "--images", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _ddp_worker(rank: int, folder: str, port: int) -> None:
+    import os
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    model = micro_model()
+    _train(_settings(Path(folder), steps=2, batch_size=1), model)
+    torch.save(model.state_dict(), Path(folder) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_replicas_identical(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path), port), nprocs=2)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["decoder.mask_decoder.iou_token.weight"],
+                           micro_model().state_dict()["decoder.mask_decoder.iou_token.weight"])
+    assert "x 2, 2 samples/step" in (tmp_path / "out" / "train.log").read_text()
