@@ -129,6 +129,16 @@ def test_eval_command_writes_results_and_refuses_bad_input(tmp_path: Path, capsy
     assert "not found" in capsys.readouterr().err
 
 
+def test_backend_front_end_reuses_the_eval_command(tmp_path: Path) -> None:
+    from trt_runtime.evaluate import main
+
+    args = ["--backend", "eager", "--model", "hrsam_tiny", "--dataset", "real", "--limit", "1", "--max-clicks", "2",
+            "--target-size", "64", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(args) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["real"]
+    assert list(runs) == ["model @64"] and runs["model @64"]["summary"]["runner"].startswith("eager")
+
+
 @pytest.mark.slow
 def test_eager_and_onnxruntime_evaluations_agree(tmp_path: Path) -> None:
     onnx_export = pytest.importorskip("export.onnx_export", reason="the ONNX export (export/onnx_export.py) is missing")
