@@ -58,7 +58,12 @@ class BuildError(RuntimeError):
 def cache_dir() -> Path:
     """Directory of compiled kernels: $HRSAM_CACHE_DIR, else ~/.cache/hrsam."""
     configured = os.environ.get("HRSAM_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "hrsam"
+    if configured:
+        return Path(configured)
+    try:
+        return Path.home() / ".cache" / "hrsam"
+    except RuntimeError as error:  # no $HOME and no password-database entry
+        raise BuildError(f"no cache directory: set $HRSAM_CACHE_DIR ({error})") from error
 
 
 def compiler_command() -> list[str]:
@@ -218,7 +223,7 @@ def forward(
     function, reason = _kernel()
     if function is None:
         raise RuntimeError(f"hrsam::{OP}: the CPU kernel is unavailable ({reason})")
-    args = [t.detach().to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
+    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
     y = torch.empty(u.shape, dtype=torch.float32)
     batch, dim, seqlen = u.shape
     status = function(
