@@ -123,6 +123,8 @@ def train(settings: LoopSettings, model: HRSAMInteractive, make_objective: Calla
     if settings.precision == "fp16" and process.device.type != "cuda":
         raise ValueError("fp16 training needs a CUDA device (use bf16 or fp32 on the CPU)")
     log = Logger(settings.out / "train.log", process.main)
+    if process.device.type == "cuda":  # the float32 parts (the ops' reference backwards) may use TF32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model.to(process.device).train()
     if settings.gradient_checkpointing:
         enable_gradient_checkpointing(model)
