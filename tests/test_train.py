@@ -77,8 +77,8 @@ def test_finetune_steps_reduce_loss_on_a_fixed_batch() -> None:
 @pytest.mark.slow
 def test_tiny_config_finetune_steps_reduce_loss() -> None:
     torch.manual_seed(0)
-    losses = _optimise(FinetuneObjective(build_model("hrsam_tiny")), _batch(2, 1), steps=4, lr=1e-3)
-    assert losses[-1] < losses[0], losses
+    losses = _optimise(FinetuneObjective(build_model("hrsam_tiny")), _batch(2, 1), steps=4, lr=2e-4)
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
