@@ -103,17 +103,24 @@ def _shadow(image: np.ndarray, alpha: np.ndarray, top: int, left: int, rng: np.r
 
 @dataclass(frozen=True)
 class SyntheticSamples:
-    """An evaluation view: one object per scene (a random visible one, fixed by the seed)."""
+    """An evaluation view: one object per scene, fixed by the seed.
+
+    The object is drawn among those covering at least ``min_fraction`` of the image (benchmarks
+    ask for objects one would click on, not specks), or is the largest when none does.
+    """
 
     scenes: SyntheticScenes
+    min_fraction: float = 0.01
 
     def __len__(self) -> int:
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scenes[index]
-        visible = [k for k in range(scene.masks.shape[0]) if scene.masks[k].any()]
-        if not visible:  # every object occluded or too small: take the image's largest mask anyway
+        areas = scene.masks.sum(axis=(1, 2))
+        if not areas.any():
             raise ValueError(f"{scene.name}: no visible object (regenerate with other sizes or seed)")
-        choice = visible[int(np.random.default_rng([self.scenes.seed, index, 7]).integers(len(visible)))]
+        large = np.flatnonzero(areas >= self.min_fraction * scene.masks[0].size)
+        candidates = large if large.size else [int(np.argmax(areas))]
+        choice = int(candidates[int(np.random.default_rng([self.scenes.seed, index, 7]).integers(len(candidates)))])
         return Sample(scene.image, scene.masks[choice], f"{scene.name}/obj{choice}")
