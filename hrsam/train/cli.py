@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -195,5 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        where = traceback.extract_tb(error.__traceback__)[-1]  # where it was raised: enough to debug a remote run
+        print(f"error: {error} [{Path(where.filename).name}:{where.lineno}]", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def init_process(device: str | None) -> Process:
             torch.cuda.set_device(target)
         return Process(dist.get_rank(), world, target)
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
     return Process(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
 
 
