@@ -163,7 +163,17 @@ class DemoApp:
                 return self._weights_line(model)
             return self._load(session, session.image, session.image_name, model, size, engine, progress)
 
-        return self._run(session, work)
+        outputs = self._run(session, work)
+        return (*outputs, gr.Dropdown(value=self._engine_menu_value(outputs[0], engine)))
+
+    @staticmethod
+    def _engine_menu_value(session: Session, engine: str) -> str:
+        """The engine menu after a settings change: back to what runs when the choice cannot run here."""
+        try:
+            resolve_backend(engine)
+        except ValueError:
+            return session.setting.backend if session.setting is not None else AUTO
+        return engine
 
     def on_click(self, session: Session | None, mode: str, event: gr.SelectData) -> tuple:
         index = event.index if isinstance(event.index, list | tuple) and len(event.index) == 2 else (None, None)
@@ -337,7 +347,7 @@ class DemoApp:
             upload.upload(self.on_upload, [upload, state, *settings], outputs)
             examples.click(self.on_example, [examples, state, *settings], outputs)
             for menu in settings:
-                menu.input(self.on_settings, [state, *settings], outputs)
+                menu.input(self.on_settings, [state, *settings], [*outputs, engine])
             model.input(lambda m: gr.Markdown(self.banner(m), visible=bool(self.banner(m))), model, banner)
             canvas.select(self.on_click, [state, mode], outputs, trigger_mode="multiple")
             right_click.change(self.on_right_click, [state, right_click], outputs, trigger_mode="multiple")

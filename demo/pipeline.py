@@ -86,7 +86,7 @@ class ExportCache:
         with lock:
             found = self.cached(spec, size, weights_sha256)
             if found is not None:
-                self.log(f"export cached: {found}")
+                self.log(f"using the given export: {found}" if found == self.pinned else f"export cached: {found}")
                 return found
             return self._export(spec, size, key)
 

@@ -324,3 +324,15 @@ def test_click_flow_and_bad_clicks(app, tmp_path: Path) -> None:
     assert "undone" in _status(app.on_undo(session)) and len(session.steps) == 1
     assert "cleared" in _status(app.on_reset(session)) and session.steps == []
     assert "Nothing to undo" in _status(app.on_undo(session))
+
+
+def test_settings_change_reencodes_and_refuses_engines_that_cannot_run(app, tmp_path: Path) -> None:
+    path = tmp_path / "pic.png"
+    Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(path)
+    session = app.on_upload(str(path), None, "hrsam_tiny", SIZE, "eager", _no_progress)[0]
+    app.on_click(session, "positive", type("Select", (), {"index": [5, 5]})())
+    outputs = app.on_settings(session, "hrsam_tiny", 512, "eager", _no_progress)
+    assert "encoded at input size 512" in _status(outputs) and session.steps == [] and outputs[-1].value == "eager"
+    outputs = app.on_settings(session, "hrsam_tiny", 512, "tensorrt", _no_progress)
+    assert "cannot run on this machine" in _status(outputs) and outputs[-1].value == "eager"  # the menu goes back
+    assert session.setting.size == 512 and session.has_image
