@@ -1,4 +1,4 @@
-"""The standard click simulator of interactive-segmentation evaluation (SPEC section 3).
+"""The standard click simulator of interactive-segmentation evaluation (docs/MODEL.md, evaluation protocol).
 
 Given the ground truth and the current prediction, the next click goes to the pixel farthest
 from the boundary of the larger error region: the L2 distance transform of the false negatives

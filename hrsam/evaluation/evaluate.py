@@ -1,4 +1,4 @@
-"""``evaluate(predictor, dataset)``: the click protocol of SPEC section 3 over any predictor backend.
+"""``evaluate(predictor, dataset)``: the click protocol (docs/MODEL.md) on any backend.
 
 Per object: ``set_image`` once (the encoder), then up to ``max_clicks`` clicks from
 ``hrsam.evaluation.clicks.next_click``; every ``predict`` gets all clicks so far and the previous

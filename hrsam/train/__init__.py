@@ -1,4 +1,4 @@
-"""Training: SAM distillation and click fine-tuning on one loop (paper appendix D.3).
+"""Training: SAM distillation and click fine-tuning on one loop (docs/MODEL.md, training).
 
 ``python -m hrsam.train finetune|distill|plot`` (``cli``); the loop (``trainer``), its process
 pieces (``runtime``), optimisation (``optim``), checkpoints (``state``), data batches (``batches``),

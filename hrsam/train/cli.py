@@ -45,7 +45,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=None, help="cuda or cpu (torchrun: one GPU per process)")
     run.add_argument("--part-mib", type=int, default=None, help="split output models into parts of this many MiB")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    optim = parser.add_argument_group("optimisation (paper appendix D.3 defaults)")
+    optim = parser.add_argument_group("optimisation (defaults: the paper's recipe, docs/MODEL.md)")
     optim.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
     optim.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps")
     optim.add_argument("--warmup-start-lr", type=float, default=1e-6, help="learning rate at step 0")

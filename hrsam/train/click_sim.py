@@ -1,4 +1,4 @@
-"""Batched click simulation on the training device (paper appendix D.3, after RITM / SimpleClick).
+"""Batched click simulation on the training device (docs/MODEL.md, training; after RITM / SimpleClick).
 
 Training simulates clicks on the decoder's low-resolution grid (4x the embedding, e.g. 128 x 128
 for 512 inputs), for a whole batch of prompts at once, so it never leaves the GPU. The rule is

@@ -1,4 +1,4 @@
-"""SAM distillation (paper appendix D.3): MSE between the student's and SAM's image embeddings.
+"""SAM distillation (docs/MODEL.md, training): MSE between the student's and SAM's image embeddings.
 
 1. ``load_sam_teacher``: the image encoder of any ``segment_anything`` checkpoint (ViT-H / L / B, or
    any SAM-shaped ``ImageEncoderViT``), its hyper-parameters read from the weights' shapes.

@@ -1,4 +1,4 @@
-"""Click fine-tuning: iterative click simulation and the Normalized Focal Loss (paper appendix D.3).
+"""Click fine-tuning: iterative click simulation and the Normalized Focal Loss (docs/MODEL.md, training).
 
 Per step and image: the encoder runs once (with gradients); each of the image's M objects gets its
 initial clicks (``click_sim.initial_clicks``: one positive, or a few positive and negative); then

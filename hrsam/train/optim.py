@@ -1,4 +1,4 @@
-"""AdamW with layer-wise learning-rate decay, and the warm-up + poly schedule (paper appendix D.3).
+"""AdamW with layer-wise learning-rate decay, and the warm-up + poly schedule (docs/MODEL.md, training).
 
 Layer ids follow the encoder's depth: patch and position embeddings are layer 0, block i is layer
 i + 1, a Cycle-scan belongs to the block it precedes (HRSAM++'s multi-scale scans and fusion norms
