@@ -274,7 +274,7 @@ class DemoApp:
         last = session.last
         mask = last.results["engine"].mask if last else None
         disagreement = mask ^ last.results["eager"].mask if last else None
-        overlay = render_overlay(session.image, mask, session.clicks, disagreement)
+        overlay = self._write_overlay(session, render_overlay(session.image, mask, session.clicks, disagreement))
         notes = session.notes + [session.encodings["engine"].predictor.runner.note, TIMING_NOTE]
         download = gr.DownloadButton(value=None, interactive=False)
         if mask is not None:
@@ -284,6 +284,23 @@ class DemoApp:
             path = folder / f"{Path(session.image_name).stem}-mask-{len(session.steps)}clicks.png"
             download = gr.DownloadButton(value=str(save_mask_png(mask, path)), interactive=True)
         return session, overlay, status, latency_html(session, notes), plot, clicks_frame(session), download
+
+    @staticmethod
+    def _write_overlay(session: Session, overlay: np.ndarray) -> str:
+        """The overlay as a file in the session's folder: PNG up to 4 megapixels, else JPEG (quality 92).
+
+        Encoding a 4K overlay as PNG takes most of a second on one core, JPEG a few tens of ms;
+        Gradio's own encoding of an array would use its default JPEG / WebP settings instead.
+        """
+        folder = session.workdir()
+        for old in folder.glob("overlay.*"):
+            old.unlink()
+        if overlay.shape[0] * overlay.shape[1] > 4_000_000:
+            path, options = folder / "overlay.jpg", {"quality": 92}
+        else:
+            path, options = folder / "overlay.png", {}
+        Image.fromarray(overlay).save(path, **options)
+        return str(path)
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -306,8 +323,8 @@ class DemoApp:
                                  visible=bool(self.banner(config.default_model)))
             with gr.Row():
                 with gr.Column(scale=3):
-                    canvas = gr.Image(label="Click on the image to segment", interactive=False, type="numpy",
-                                      format="png", height=560, elem_id="hrsam-canvas", buttons=["fullscreen"])
+                    canvas = gr.Image(label="Click on the image to segment", interactive=False, type="filepath",
+                                      height=560, elem_id="hrsam-canvas", buttons=["fullscreen"])
                     with gr.Row():
                         mode = gr.Radio([("Positive (+)", "positive"), ("Negative (−)", "negative")],
                                         value="positive", label="Left click adds (right click: negative)",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from demo.session import Click
 
@@ -34,12 +34,36 @@ def marker_radius(height: int, width: int) -> int:
 
 
 def mask_outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """Boolean H x W band of about ``width`` pixels along the mask boundary (both sides of it)."""
-    size = 2 * (width // 2) + 1  # odd filter size; the band spans dilation minus erosion
-    image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-    grown = np.asarray(image.filter(ImageFilter.MaxFilter(size))) > 0
-    shrunk = np.asarray(image.filter(ImageFilter.MinFilter(size))) > 0
-    return grown & ~shrunk
+    """Boolean H x W band about ``width`` pixels wide along the mask boundary (inside and outside it).
+
+    The boundary (mask pixels with a 4-neighbour outside the mask) is grown by a square of side
+    ``2 * (width // 2) + 1`` with separable shifted ORs, only within the boundary's bounding box:
+    linear in the pixels, so a 4K mask takes milliseconds (a rank filter took seconds).
+    """
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    edge = mask & ~inner
+    band = np.zeros_like(mask)
+    rows, cols = np.nonzero(edge.any(axis=1))[0], np.nonzero(edge.any(axis=0))[0]
+    if rows.size == 0:
+        return band
+    radius = width // 2
+    top, bottom = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, mask.shape[0])
+    left, right = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, mask.shape[1])
+    grown = edge[top:bottom, left:right].copy()
+    for axis in (0, 1):
+        source = grown.copy()
+        for shift in range(1, radius + 1):
+            ahead = [slice(None)] * 2
+            behind = [slice(None)] * 2
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+            grown[tuple(ahead)] |= source[tuple(behind)]
+            grown[tuple(behind)] |= source[tuple(ahead)]
+    band[top:bottom, left:right] = grown
+    return band
 
 
 def render_overlay(
@@ -54,17 +78,24 @@ def render_overlay(
     ``mask`` (the engine's); drawn in magenta so a user sees where the backends part.
     """
     height, width = image.shape[:2]
-    out = image.astype(np.float32)
+    out = image.copy()
     if mask is not None:
         _check_shape(mask, (height, width), "mask")
-        out[mask] = (1.0 - TINT_ALPHA) * out[mask] + TINT_ALPHA * np.array(MASK_TINT, np.float32)
+        out[mask] = tint(out[mask])
         out[mask_outline(mask, stroke_width(height, width))] = OUTLINE
     if disagreement is not None:
         _check_shape(disagreement, (height, width), "disagreement")
         out[disagreement] = DISAGREEMENT
-    canvas = Image.fromarray(out.round().astype(np.uint8), "RGB")
+    canvas = Image.fromarray(out, "RGB")
     _draw_clicks(canvas, clicks)
     return np.asarray(canvas)
+
+
+def tint(pixels: np.ndarray) -> np.ndarray:
+    """N x 3 uint8 pixels blended with ``MASK_TINT`` (weight ``TINT_ALPHA``), in 8-bit fixed point for speed."""
+    weight = round(TINT_ALPHA * 256)
+    mixed = pixels.astype(np.uint16) * (256 - weight) + np.array(MASK_TINT, np.uint16) * weight + 128
+    return (mixed >> 8).astype(np.uint8)
 
 
 def _draw_clicks(canvas: Image.Image, clicks: Sequence[Click]) -> None:

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -72,8 +73,8 @@ class Step:
     click: Click
     results: dict[str, BackendResult]
 
-    @property
-    def iou(self) -> float | None:
+    @cached_property
+    def iou(self) -> float | None:  # computed once: the panel and the table read it on every update
         if not all(role in self.results for role in ROLES):
             return None
         return mask_iou(self.results["engine"].mask, self.results["eager"].mask)
