@@ -87,9 +87,12 @@ class DemoConfig:
     concurrency: int = 2
 
 
-def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
-    """An uploaded file as H x W x 3 uint8 RGB (EXIF orientation applied); ValueError with a sentence if not."""
-    name = Path(path).name
+def read_image(path: str | Path, max_pixels: int, name: str | None = None) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB (EXIF orientation applied); ValueError with a sentence if not.
+
+    ``name``: how messages call the file (the user's file name, not the server's copy).
+    """
+    name = name or Path(path).name
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -141,7 +144,7 @@ class DemoApp:
             if not path:
                 raise ValueError("No file arrived: choose an image file to upload.")
             kept = self._keep_upload(session, Path(path))
-            image = read_image(kept, self.config.max_pixels)
+            image = read_image(kept, self.config.max_pixels, name=Path(path).name)
             return self._load(session, image, Path(path).name, model, size, engine, progress)
 
         return self._run(session, work)
@@ -164,7 +167,7 @@ class DemoApp:
             return self._load(session, session.image, session.image_name, model, size, engine, progress)
 
         outputs = self._run(session, work)
-        return (*outputs, gr.Dropdown(value=self._engine_menu_value(outputs[0], engine)))
+        return (*outputs, gr.update(value=self._engine_menu_value(outputs[0], engine)))
 
     @staticmethod
     def _engine_menu_value(session: Session, engine: str) -> str:

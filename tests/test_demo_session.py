@@ -291,8 +291,8 @@ def _status(outputs: tuple) -> str:
 def test_bad_uploads_give_messages(app, tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    assert "not an image this demo can read" in _status(app.on_upload(str(text), None, "hrsam_tiny", SIZE, "eager",
-                                                                       _no_progress))
+    message = _status(app.on_upload(str(text), None, "hrsam_tiny", SIZE, "eager", _no_progress))
+    assert "notes.png is not an image this demo can read" in message  # the user's file name, not the copy's
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     Image.new("RGB", (400, 300)).save(big)
     Image.new("RGB", (40, 30)).save(small)
@@ -334,7 +334,7 @@ def test_settings_change_reencodes_and_refuses_engines_that_cannot_run(app, tmp_
     session = app.on_upload(str(path), None, "hrsam_tiny", SIZE, "eager", _no_progress)[0]
     app.on_click(session, "positive", type("Select", (), {"index": [5, 5]})())
     outputs = app.on_settings(session, "hrsam_tiny", 512, "eager", _no_progress)
-    assert "encoded at input size 512" in _status(outputs) and session.steps == [] and outputs[-1].value == "eager"
+    assert "encoded at input size 512" in _status(outputs) and session.steps == [] and outputs[-1]["value"] == "eager"
     outputs = app.on_settings(session, "hrsam_tiny", 512, "tensorrt", _no_progress)
-    assert "cannot run on this machine" in _status(outputs) and outputs[-1].value == "eager"  # the menu goes back
+    assert "cannot run on this machine" in _status(outputs) and outputs[-1]["value"] == "eager"  # menu goes back
     assert session.setting.size == 512 and session.has_image
