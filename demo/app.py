@@ -17,6 +17,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html import escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ class DemoApp:
             try:
                 message = work(session)
             except (ValueError, ExportError, FileNotFoundError, RuntimeError) as problem:
-                message, error = str(problem).strip().splitlines()[0], True
+                message, error = (str(problem).strip().splitlines() or [type(problem).__name__])[0], True
             except Exception as problem:  # noqa: BLE001 - the UI shows one line; the log keeps the trace
                 LOG.exception("demo callback failed")
                 message, error = f"Unexpected error ({type(problem).__name__}: {problem}); see the server log.", True
@@ -183,9 +184,10 @@ class DemoApp:
         return self._run(session, lambda s: self._click(s, index[0], index[1], mode == "positive"))
 
     def on_right_click(self, session: Session | None, text: str) -> tuple:
-        """A right click on the image (see ``RIGHT_CLICK_JS``): always a negative click."""
+        """A right click on the image, as "x,y,nonce" from ``RIGHT_CLICK_JS``: always a negative click."""
         parts = text.split(",")
-        return self._run(session, lambda s: self._click(s, *(parts[:2] if len(parts) == 3 else (None, None)), False))
+        x, y = parts[:2] if len(parts) == 3 else (None, None)  # anything else is refused as outside the image
+        return self._run(session, lambda s: self._click(s, x, y, False))
 
     def on_undo(self, session: Session | None) -> tuple:
         def work(session: Session) -> str:
@@ -269,7 +271,7 @@ class DemoApp:
     def _view(self, session: Session, message: str, error: bool) -> tuple:
         """Every output of every callback, derived from the session."""
         css_class = "error" if error else "info"
-        status = f"<p class='{css_class}'>{message}</p>" if message else ""
+        status = f"<p class='{css_class}'>{escape(message)}</p>" if message else ""  # file names are user input
         plot = gr.LinePlot(latency_frame(session), x_lim=plot_x_range(session))
         if session.image is None:
             return session, None, status, latency_html(session, []), plot, clicks_frame(session), gr.DownloadButton(

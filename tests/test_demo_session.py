@@ -293,6 +293,10 @@ def test_bad_uploads_give_messages(app, tmp_path: Path) -> None:
     text.write_text("not an image")
     message = _status(app.on_upload(str(text), None, "hrsam_tiny", SIZE, "eager", _no_progress))
     assert "notes.png is not an image this demo can read" in message  # the user's file name, not the copy's
+    tricky = tmp_path / "<b>x.png"
+    tricky.write_text("not an image")
+    assert "&lt;b&gt;x.png is not an image" in _status(app.on_upload(str(tricky), None, "hrsam_tiny", SIZE,
+                                                                      "eager", _no_progress))  # shown as text
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     Image.new("RGB", (400, 300)).save(big)
     Image.new("RGB", (40, 30)).save(small)
