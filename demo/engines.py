@@ -278,7 +278,7 @@ class EnginePool:
     def encode(self, runner: TimedRunner, image: np.ndarray, digest: str, size: int) -> Encoding:
         """An ``Encoding`` of ``image`` (identified by ``digest``) on ``runner``: from the cache, or encoded now."""
         key = (id(runner), digest, size)  # runners live as long as the pool, so their ids stay unique
-        with self._lock_for(("encode",) + key):
+        with self._lock_for(("encode", id(runner))):  # a runner encodes one image at a time anyway
             with self._guard:
                 if key in self._encodings:
                     self._encodings.move_to_end(key)
