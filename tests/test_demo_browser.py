@@ -1,8 +1,10 @@
-"""The click demo in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+"""The click demo in a real browser: headless Chromium driven by Playwright.
 
-The app runs in this process on a free localhost port with ``hrsam_tiny`` at input size 256 and
-the engine "auto" picks here (ONNX Runtime on a CPU machine, exported through the demo's own
-pipeline into a temporary cache). Screenshots go to ``outputs/test-artifacts/``.
+Chromium is Debian's (``apt-get install chromium``; ``HRSAM_CHROMIUM`` points elsewhere): Playwright
+cannot download its own browser on these machines. The app runs in this process on a free localhost
+port with ``hrsam_tiny`` at input size 256 and the engine "auto" picks here (ONNX Runtime on a CPU
+machine, exported through the demo's own pipeline into a temporary cache). Screenshots go to
+``outputs/test-artifacts/``.
 
 Playwright waits are bounded by ``HANG_GUARD_MS`` only so that a hung server fails the run instead
 of blocking CI; nothing here checks speed.
@@ -10,6 +12,8 @@ of blocking CI; nothing here checks speed.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ from hrsam.predictor import HRSAMPredictor
 gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("HRSAM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -40,7 +44,10 @@ HANG_GUARD_MS = 600_000
 EXAMPLE = Path(__file__).resolve().parents[1] / "hrsam" / "assets" / "example.png"
 MAX_PIXELS = 1_000_000
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is missing: apt-get install chromium")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is missing: apt-get install chromium"),
+    pytest.mark.slow,  # an ONNX export at 256 and a browser: about a minute on 2 cores
+]
 
 
 @dataclass
