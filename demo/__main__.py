@@ -54,10 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_spec(args: argparse.Namespace) -> ModelSpec:
-    """The launch model: its config name and how ``load_model`` / ``python -m export`` select its weights."""
+def default_spec(args: argparse.Namespace, pinned: Sidecar | None) -> ModelSpec:
+    """The launch model: its config name and how ``load_model`` / ``python -m export`` select its weights.
+
+    With ``--export-dir`` and no ``--model``, the export's own model and checkpoint (its sidecar says).
+    """
     if args.checkpoint is not None and args.checkpoint.suffix == ".safetensors":
         return ModelSpec(read_config(args.checkpoint).name, args.model, args.checkpoint)
+    if pinned is not None and args.model is None:
+        checkpoint = args.checkpoint or pinned.source.get("checkpoint")
+        return ModelSpec(pinned.model, pinned.model, Path(checkpoint) if checkpoint else None)
     return ModelSpec(args.model or DEFAULT_MODEL, args.model, args.checkpoint)
 
 
@@ -72,7 +78,10 @@ def prepare(args: argparse.Namespace, app: DemoApp, spec: ModelSpec, size: int) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or (args.size is not None and (args.size <= 0 or args.size % 16)):
+        parser.error("--concurrency must be at least 1 and --size a positive multiple of 16")
     temp_root = Path(tempfile.mkdtemp(prefix="hrsam-demo-"))
     atexit.register(shutil.rmtree, temp_root, ignore_errors=True)
     os.environ["GRADIO_TEMP_DIR"] = str(temp_root / "gradio")  # Gradio reads it when imported
@@ -84,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pinned = Sidecar.read(args.export_dir) if args.export_dir else None
         size = args.size or (pinned.input_size if pinned else 1024)
-        spec = default_spec(args)
+        spec = default_spec(args, pinned)
         models = {name: ModelSpec(name, name) for name in CONFIGS} | {spec.name: spec}
         cache = ExportCache(args.cache_dir or default_cache_dir(), pinned=args.export_dir,
                             engine_precision=args.precision or DEFAULT_PRECISION["tensorrt"])
@@ -95,8 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare(args, app, spec, size)
         blocks = app.build()
     except (ValueError, FileNotFoundError, ExportError, RuntimeError) as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # during a long first export
+        print("interrupted", file=sys.stderr)
+        return 130
     _, url, share_url = launch(blocks, config, server_name=args.host, server_port=args.port, share=args.share,
                                prevent_thread_lock=True, quiet=True)
     print(f"HRSAM demo running: open {url}" + (f" (public link {share_url})" if share_url else ""), flush=True)
