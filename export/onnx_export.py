@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
     check_size(args.size)
     check_output_dir(args.out)
     loaded = load_model(args.model, args.checkpoint, allow_partial=args.allow_partial, seed=args.seed)
-    source = {"checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None, "seed": args.seed}
+    checkpoint = loaded.checkpoint.resolve() if loaded.checkpoint else None
+    source = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": args.seed}
     result = export_onnx(loaded, args.size, args.out, portable=args.portable, source=source)
     sidecar = result.sidecar
     kind = "standard ONNX ops only (portable)" if sidecar.portable else "hrsam custom nodes"

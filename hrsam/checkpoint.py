@@ -310,6 +310,8 @@ def _key_summary(missing: list[str], unexpected: list[str]) -> str:
 
 
 DEFAULT_MODEL = "hrsam_tiny"
+# The default model's trained weights (docs/MODEL_CARD.md): what load_model() gives without arguments.
+BUNDLED_CHECKPOINT = Path(__file__).with_name("assets") / "hrsam_tiny_synthetic.safetensors"
 
 
 @dataclass
@@ -324,6 +326,7 @@ class LoadedModel:
     weights: str
     random_weights: bool
     missing: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None  # the file the weights came from (None: random)
 
 
 def load_model(
@@ -335,7 +338,9 @@ def load_model(
 ) -> LoadedModel:
     """The one loader: a named config, a checkpoint file, or both (then they must agree).
 
-    * no checkpoint: config ``name`` (default ``DEFAULT_MODEL``) with random weights from ``seed``;
+    * neither: the bundled default model, ``DEFAULT_MODEL`` with the trained weights of
+      ``BUNDLED_CHECKPOINT`` (docs/MODEL_CARD.md); random weights if that file is absent;
+    * a name and no checkpoint: that config with random weights from ``seed``;
     * ``.safetensors`` written by ``save_checkpoint``: config read from the file; ``name``, if
       given, must match it;
     * any other file (``.pth`` / ``.pt``), or a ``.safetensors`` without our config: a state dict
@@ -350,6 +355,8 @@ def load_model(
     """
     if name is not None:
         get_config(name)  # an unknown name is an error before any file is read
+    if name is None and checkpoint is None and BUNDLED_CHECKPOINT.is_file():
+        checkpoint = BUNDLED_CHECKPOINT
     torch.manual_seed(seed)
     if checkpoint is None:
         config = get_config(name or DEFAULT_MODEL)
@@ -367,7 +374,8 @@ def load_model(
     else:
         missing, kind = _load_authors_state_dict(model, state_dict, path, allow_partial), "authors' checkpoint, "
     note = f", {len(missing)} of {len(shapes)} weights left random" if missing else ""
-    return LoadedModel(model.eval(), f"{path} ({kind}sha256 {file_sha256(path)[:12]}{note})", False, missing)
+    description = f"{path} ({kind}sha256 {file_sha256(path)[:12]}{note})"
+    return LoadedModel(model.eval(), description, False, missing, path)
 
 
 def _read_any_checkpoint(path: Path) -> tuple[ModelConfig | None, Mapping[str, Tensor]]:

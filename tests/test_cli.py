@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from hrsam import cli
-from hrsam.checkpoint import load_model, save_checkpoint
+from hrsam.checkpoint import BUNDLED_CHECKPOINT, load_model, save_checkpoint
 from hrsam.runner import EagerRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +62,11 @@ def run_ok(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tu
 
 @pytest.fixture(scope="module")
 def random_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray]:
-    """The default command (random weights, seed 0) at 256: what it printed and its mask."""
+    """A named config without a checkpoint (random weights, seed 0) at 256: what it printed and its mask."""
     out = tmp_path_factory.mktemp("random") / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert cli.main(["segment", "--out", str(out), *FAST]) == 0
+        assert cli.main(["segment", "--model", "hrsam_tiny", "--out", str(out), *FAST]) == 0
     return printed.getvalue(), np.asarray(Image.open(out / "mask.png"))
 
 
@@ -222,7 +222,13 @@ def test_out_under_a_file(no_encoder: None, tmp_path: Path, capsys: pytest.Captu
 # --- successful runs, help, entry points -------------------------------------------------------
 
 
-def test_default_run_writes_outputs_and_says_weights_are_random(random_run: tuple[str, np.ndarray]) -> None:
+def test_default_run_uses_the_bundled_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    printed, mask = run_ok([], tmp_path / "out", capsys)
+    assert printed.splitlines()[0].startswith("model hrsam_tiny, weights: ")
+    assert str(BUNDLED_CHECKPOINT) in printed and "NOTE" not in printed and mask.shape == (480, 640)
+
+
+def test_named_model_runs_random_weights_and_says_so(random_run: tuple[str, np.ndarray]) -> None:
     printed, mask = random_run
     lines = printed.splitlines()
     assert lines[0] == "model hrsam_tiny, weights: random (seed 0)"
