@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cuda_graph_median_ms, cuda_median_ms, environment, markdown_table  # noqa: E402
 from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention  # noqa: E402
 from hrsam.modeling.rope import apply_rope, rope_tables  # noqa: E402
-from hrsam.modeling.window_plan import window_offset, window_plan  # noqa: E402
 from hrsam.modeling.swin_reference import swin_window_attention  # noqa: E402
+from hrsam.modeling.window_plan import window_offset, window_plan  # noqa: E402
 
 DIM, HEADS = 768, 12
 

@@ -7,8 +7,8 @@ import torch
 
 from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention
 from hrsam.modeling.rope import apply_rope, rope_tables
-from hrsam.modeling.window_plan import window_offset, window_plan
 from hrsam.modeling.swin_reference import swin_window_attention
+from hrsam.modeling.window_plan import window_offset, window_plan
 
 DIM, HEADS = 32, 2
 
