@@ -3,7 +3,7 @@
 ``hrsam::varlen_attention`` and ``hrsam::selective_scan`` are Python-bodied custom ops. That is
 what ONNX export needs (one node per call, see ``hrsam.contract``), but Inductor can only call
 them as black boxes: no fusion around them, and an AOTInductor package cannot run them at all
-(loading such a package crashed the process on the H200, SPEC section 5). So the ops' Python
+(loading such a package crashed the process on the H200, docs/DEPLOYMENT.md). So the ops' Python
 wrappers route to *lowered* forms (``hrsam.ops.selective_scan.inductor``,
 ``hrsam.ops.varlen_attention.inductor``) exactly when Inductor is the consumer:
 
