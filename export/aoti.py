@@ -26,11 +26,11 @@ from torch import nn
 from torch.export import Dim
 
 from export.cli import UserError
-from export.onnx_export import check_size, make_sidecar, prepare_output_dir
-from hrsam.checkpoint import LoadedModel, file_sha256, load_model, weights_sha256
+from export.onnx_export import add_model_arguments, check_size, load_from_arguments, make_sidecar, prepare_output_dir
+from hrsam.checkpoint import LoadedModel, file_sha256, weights_sha256
 from hrsam.compiled import INDUCTOR_OPTIONS, DecoderPart, EncoderPart, decoder_example
 from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, POINTS_AXIS, SIDECAR_FILE, Sidecar
-from hrsam.modeling.configs import CONFIGS, PATCH_SIZE
+from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.ops.lowering import aot_lowering
 from hrsam.runner import autocast_dtype_of
 
@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
     check_size(args.size)
     check_device(args.device)
     prepare_output_dir(args.out)
-    loaded = load_model(args.model, args.checkpoint, allow_partial=args.allow_partial, seed=args.seed)
-    source = {"checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None, "seed": args.seed}
+    loaded, source = load_from_arguments(args)
     result = export_aoti(
         loaded, args.size, args.out, args.precision, args.device, args.max_points, args.max_autotune, source
     )
@@ -178,9 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="package encoder and decoder with AOTInductor (encoder.pt2, decoder.pt2, model.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", choices=sorted(CONFIGS), default=None,
-                        help="model config (default: the checkpoint's, else the default model)")
-    parser.add_argument("--checkpoint", default=None, help="our .safetensors, a plain state dict or the authors' .pth")
+    add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=1024, help="fixed input side S (a multiple of 16)")
     parser.add_argument("--out", required=True, help="output directory (may hold the ONNX export of the same model)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16",
@@ -189,6 +186,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
                         help="most prompt points (clicks + SAM's padding point) the decoder package takes")
     parser.add_argument("--max-autotune", action="store_true", help="let Inductor benchmark kernel variants (slow)")
-    parser.add_argument("--allow-partial", action="store_true", help="accept a checkpoint that misses weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no checkpoint)")
     parser.set_defaults(run=run)

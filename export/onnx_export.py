@@ -276,12 +276,26 @@ def _keep_built_records(sidecar: Sidecar, directory: Path) -> None:
         sidecar.engines, sidecar.aoti = previous.engines, previous.aoti
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The weights options every exporting command takes (``onnx``, ``aoti``, ``all``)."""
+    parser.add_argument("--model", choices=sorted(CONFIGS), default=None,
+                        help="model config (default: the checkpoint's, else the bundled default model)")
+    parser.add_argument("--checkpoint", default=None, help="our .safetensors, a plain state dict or the authors' .pth")
+    parser.add_argument("--allow-partial", action="store_true", help="accept a checkpoint that misses weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (--model without --checkpoint)")
+
+
+def load_from_arguments(args: argparse.Namespace) -> tuple[LoadedModel, dict]:
+    """The model ``add_model_arguments`` selects, and the sidecar's ``source`` to rebuild it for checks."""
+    loaded = load_model(args.model, args.checkpoint, allow_partial=args.allow_partial, seed=args.seed)
+    checkpoint = loaded.checkpoint.resolve() if loaded.checkpoint else None
+    return loaded, {"checkpoint": str(checkpoint) if checkpoint else None, "seed": args.seed}
+
+
 def run(args: argparse.Namespace) -> int:
     check_size(args.size)
     check_output_dir(args.out)
-    loaded = load_model(args.model, args.checkpoint, allow_partial=args.allow_partial, seed=args.seed)
-    checkpoint = loaded.checkpoint.resolve() if loaded.checkpoint else None
-    source = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": args.seed}
+    loaded, source = load_from_arguments(args)
     result = export_onnx(loaded, args.size, args.out, portable=args.portable, source=source)
     sidecar = result.sidecar
     kind = "standard ONNX ops only (portable)" if sidecar.portable else "hrsam custom nodes"
@@ -301,13 +315,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export encoder.onnx, decoder.onnx and model.json for one input size",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", choices=sorted(CONFIGS), default=None,
-                        help="model config (default: the checkpoint's, else the default model)")
-    parser.add_argument("--checkpoint", default=None, help="our .safetensors, a plain state dict or the authors' .pth")
+    add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=1024, help="fixed input side S (a multiple of 16)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--portable", action="store_true",
                         help="standard ONNX ops only (no hrsam nodes): for runtimes without our ops")
-    parser.add_argument("--allow-partial", action="store_true", help="accept a checkpoint that misses weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no checkpoint)")
     parser.set_defaults(run=run)

@@ -30,6 +30,7 @@ import torch
 from export.check import eager_reference
 from export.cli import UserError
 from export.engine import BuildOptions, add_build_arguments, build_engines
+from export.onnx_export import add_model_arguments, check_size, export_onnx, load_from_arguments, prepare_output_dir
 from export.parity import (
     DEFAULT_CLICKS,
     TOLERANCES,
@@ -172,9 +173,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from export.onnx_export import check_size, export_onnx, prepare_output_dir
-    from hrsam.checkpoint import load_model
-
     options = BuildOptions(
         precision=args.precision, max_points=args.max_points, opt_points=args.opt_points,
         workspace_gib=args.workspace_gib, timing_cache=args.timing_cache, plugins=args.plugins,
@@ -186,8 +184,7 @@ def run_all(args: argparse.Namespace) -> int:
     for reason in (TensorRTRunner.unavailable_reason(), unavailable_reason(aot=options.plugins == "aot")):
         if reason is not None:  # before minutes of export: the engines could not be built
             raise RuntimeError(reason)
-    loaded = load_model(args.model, args.checkpoint, seed=args.seed)
-    source = {"checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None, "seed": args.seed}
+    loaded, source = load_from_arguments(args)
     print(f"1/3 exporting {loaded.model.config.name} at {args.size} to {args.out}")
     export_onnx(loaded, args.size, args.out, source=source)
     print(f"2/3 building {options.precision} engines")
@@ -221,9 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export ONNX, build TensorRT engines and validate them, in one command",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    everything.add_argument("--model", default=None, help="model config (default: the checkpoint's or the default)")
-    everything.add_argument("--checkpoint", default=None, help="weights file (default: random weights)")
-    everything.add_argument("--seed", type=int, default=0, help="seed of random weights (no checkpoint)")
+    add_model_arguments(everything)
     everything.add_argument("--size", type=int, default=1024, help="fixed input side S (a multiple of 16)")
     everything.add_argument("--out", required=True, help="output directory")
     add_build_arguments(everything)
