@@ -30,6 +30,7 @@ from torch.export import Dim
 from export.cli import UserError
 from export.onnx_ops import register_schemas, translations
 from hrsam.checkpoint import LoadedModel, file_sha256, load_model, weights_sha256
+from hrsam.compiled import DecoderPart, EncoderPart
 from hrsam.contract import (
     CUSTOM_DOMAIN,
     DECODER_INPUTS,
@@ -47,35 +48,6 @@ from hrsam.modeling.interactive import HRSAMInteractive
 MAX_POINTS = 64  # upper bound of the dynamic point axis used while tracing (not a limit of the graph)
 # Protobuf's limit: larger models keep their weights in an external data file beside the graph.
 EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-class EncoderGraph(nn.Module):
-    """Exactly the encoder's ONNX I/O: normalised, padded images -> image embeddings."""
-
-    def __init__(self, model: HRSAMInteractive) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model.encode(images)
-
-
-class DecoderGraph(nn.Module):
-    """Exactly the decoder's ONNX I/O (segment-anything's, all four mask outputs)."""
-
-    def __init__(self, model: HRSAMInteractive) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        image_embeddings: Tensor,
-        point_coords: Tensor,
-        point_labels: Tensor,
-        mask_input: Tensor,
-        has_mask_input: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        return self.model.decode(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
 
 
 @dataclass(frozen=True)
@@ -239,8 +211,8 @@ def export_onnx(
     points = Dim(POINTS_AXIS, min=1, max=MAX_POINTS)
     seconds = {}
     parts = (
-        ("encoder", EncoderGraph(model), encoder_args, (ENCODER_INPUTS, ENCODER_OUTPUTS), None),
-        ("decoder", DecoderGraph(model), decoder_args, (DECODER_INPUTS, DECODER_OUTPUTS),
+        ("encoder", EncoderPart(model, None), encoder_args, (ENCODER_INPUTS, ENCODER_OUTPUTS), None),
+        ("decoder", DecoderPart(model, None), decoder_args, (DECODER_INPUTS, DECODER_OUTPUTS),
          ({}, {1: points}, {1: points}, {}, {})),
     )
     try:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.modeling.interactive import HRSAMInteractive
-from hrsam.runner import Runner, RunnerInfo, _precision_name
+from hrsam.runner import Runner, RunnerInfo, precision_name
 
 logger = logging.getLogger("hrsam")
 
@@ -193,7 +193,7 @@ class CompiledRunner(Runner):
         self.max_points = max_points
         self._device = device
         self.info = RunnerInfo(
-            "compiled", model.config.name, str(device), _precision_name(autocast_dtype or torch.float32),
+            "compiled", model.config.name, str(device), precision_name(autocast_dtype or torch.float32),
             input_size, weights,
         )  # fmt: skip
         start = time.perf_counter()

@@ -111,7 +111,7 @@ class EagerRunner(Runner):
     @property
     def info(self) -> RunnerInfo:  # read from the model each time: it may be moved after wrapping
         parameter = next(self.model.parameters())
-        precision = _precision_name(self.autocast_dtype or parameter.dtype)
+        precision = precision_name(self.autocast_dtype or parameter.dtype)
         return RunnerInfo("eager", self.model.config.name, str(parameter.device), precision, None, self.weights)
 
     @property
@@ -141,6 +141,7 @@ class EagerRunner(Runner):
             return self.model.decode(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
 
 
-def _precision_name(dtype: torch.dtype) -> str:
+def precision_name(dtype: torch.dtype) -> str:
+    """The short name runners report for a compute dtype ("fp32", "bf16", ...)."""
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
     return names.get(dtype, str(dtype))
