@@ -31,6 +31,7 @@ import torch
 import triton
 
 from benchmarks.common import cuda_median_ms
+from hrsam.ops.replay import replay_backward
 from hrsam.ops.selective_scan import mamba_backend, selective_scan_backward
 from hrsam.ops.selective_scan.reference import selective_scan_chunked
 from hrsam.ops.selective_scan.triton_kernel import (
@@ -109,11 +110,21 @@ def backends(inputs: tuple) -> dict[str, tuple[Callable[[], object], int, int]]:
     return found
 
 
-def backward_ms(inputs: tuple) -> float:
-    """Time of the operator's backward alone (mamba-ssm if present, else the chunked reference)."""
+def backward_ms(inputs: tuple) -> dict[str, float]:
+    """Backward alone, all seven gradients: the operator's (mamba-ssm, else Triton) and the reference's.
+
+    "reference" is autograd through the checkpointed chunked reference, the backward every CUDA
+    training step paid before the Triton backward existed.
+    """
     grad = torch.randn_like(inputs[0])
     needs = (True,) * 7
-    return cuda_median_ms(lambda: selective_scan_backward(grad, inputs, True, needs), warmup=1, iters=3)
+    return {
+        "backward": cuda_median_ms(lambda: selective_scan_backward(grad, inputs, True, needs), warmup=3, iters=10),
+        "backward reference": cuda_median_ms(
+            lambda: replay_backward(lambda *t: selective_scan_chunked(*t, True), grad, inputs, needs),
+            warmup=1, iters=3,
+        ),
+    }
 
 
 def bench_shape(
@@ -134,10 +145,9 @@ def bench_shape(
         rows.append({**shape, "backend": name, "ms": ms, "GB_per_s": nbytes / ms / 1e6, "x_bound": ms / bound_ms})
         print(f"L={seqlen:6d} {dtype_name:9s} {name:10s} {ms:9.3f} ms  "
               f"{nbytes / ms / 1e6:7.1f} GB/s  {ms / bound_ms:5.2f} x bound ({bound_ms:.3f} ms)")
-    if args.backward:
-        ms = backward_ms(inputs)
-        rows.append({**shape, "backend": "backward", "ms": ms, "GB_per_s": None, "x_bound": None})
-        print(f"L={seqlen:6d} {dtype_name:9s} backward   {ms:9.3f} ms")
+    for name, ms in (backward_ms(inputs) if args.backward else {}).items():
+        rows.append({**shape, "backend": name, "ms": ms, "GB_per_s": None, "x_bound": None})
+        print(f"L={seqlen:6d} {dtype_name:9s} {name:10s} {ms:9.3f} ms")
     for config in SWEEP if args.sweep else []:
         try:
             ms = cuda_median_ms(lambda c=config: selective_scan_triton(*inputs, True, config=c), warmup=5, iters=30)

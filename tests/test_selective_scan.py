@@ -215,6 +215,44 @@ def test_triton_kernel_under_the_interpreter():
     assert "interpreter ok" in done.stdout
 
 
+_BACKWARD_INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from hrsam.ops.selective_scan.reference import selective_scan_chunked
+    from hrsam.ops.selective_scan.triton_backward import selective_scan_backward_triton
+    from hrsam.ops.selective_scan.triton_kernel import ScanConfig
+    from tests.test_selective_scan import make_inputs
+
+    # batch 2, dim 40 (a partial channel block), N = 7 (padded to 8), L = 150: with 64 warps per
+    # interpreted "SM" the plan cuts 3 chunks of 64 (both carries run) with a tail shorter than a
+    # tile. Reference: float64 autograd through the chunked reference from the same inputs.
+    config = ScanConfig(block_d=32, num_warps=1, warps_per_sm=64, steps=8)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1.6e-2)):
+        softplus = dtype == torch.float32
+        x = make_inputs(2, 40, 7, 150, dtype=dtype, positive_dt=not softplus)
+        dy = torch.randn(2, 40, 150, dtype=torch.float64).to(dtype)
+        got = selective_scan_backward_triton(dy, *x, softplus, config=config)
+        leaves = [t.double().requires_grad_() for t in x]
+        ref = torch.autograd.grad(selective_scan_chunked(*leaves, softplus), leaves, dy.double())
+        for name, g, r, t in zip("u delta A B C D bias".split(), got, ref, x):
+            err = ((g.double() - r).abs().max() / r.abs().max()).item()
+            assert g.dtype == t.dtype and g.shape == t.shape and err < tol, (dtype, name, err)
+    print("backward ok")
+    """
+)
+
+
+def test_triton_backward_under_the_interpreter():
+    """All seven gradients of the Triton backward against float64 autograd of the reference."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", _BACKWARD_INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "backward ok" in done.stdout
+
+
 _GPU_TOLERANCES = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
@@ -244,9 +282,37 @@ def test_mamba_matches_reference_at_full_size():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_backward_runs_at_full_size_on_the_gpu():
+def test_reference_backward_runs_at_full_size_on_the_gpu():
     """The fallback backward (autograd through the checkpointed chunked reference) fits in memory."""
     u, delta, A, B, C, D, bias = make_inputs(1, 768, 32, 3 * 16384, dtype=torch.float32, device="cuda")
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
-    selective_scan(*leaves).square().mean().backward()
+    selective_scan_chunked(*leaves, True).square().mean().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+# Gradient tolerances, max|g - g_ref| <= tol * max|g_ref| per gradient: float32 1e-4 (fp32 state
+# and ex2.approx over sums of up to 49152 terms), 16-bit 2e-2 (du, ddelta, dB, dC are rounded to
+# the input dtype; the float32 dA, dD, d_bias sum 16-bit-rounded inputs).
+_GRAD_TOLERANCES = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("batch", "dim", "seqlen"), [(1, 768, 3 * 16384), (8, 192, 3 * 1024)])
+@pytest.mark.parametrize("dtype", list(_GRAD_TOLERANCES))
+def test_triton_backward_matches_reference_at_full_size(batch, dim, seqlen, dtype):
+    """The operator's backward on CUDA (Triton) against float64 autograd of the reference.
+
+    Sizes: ViT-B at 2048 (batch 1) and the bundled model's training step (hrsam_tiny at 512, batch 8).
+    """
+    x = make_inputs(batch, dim, 32, seqlen, dtype=dtype, device="cuda")
+    dy = torch.randn(batch, dim, seqlen, device="cuda", dtype=torch.float64).to(dtype)
+    leaves = [t.detach().requires_grad_() for t in x]
+    got = torch.autograd.grad(selective_scan(*leaves), leaves, dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in x]
+    ref = torch.autograd.grad(selective_scan_chunked(*ref_leaves, True), ref_leaves, dy.double())
+    tol = _GRAD_TOLERANCES[dtype]
+    for name, g, r, t in zip("u delta A B C D bias".split(), got, ref, x, strict=True):
+        assert g.dtype == t.dtype, name
+        err = ((g.double() - r).abs().max() / r.abs().max()).item()
+        assert err < tol, (name, err)

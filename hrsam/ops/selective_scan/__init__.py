@@ -14,9 +14,10 @@ or ``HRSAM_SELECTIVE_SCAN_BACKEND``):
   compiled at first use and cached (``cpu_backend``); CPU float32/float16/bfloat16;
 - ``reference``: the chunked pure-torch formulation (any device, any float dtype).
 
-Backward: mamba-ssm's fused CUDA backward when it can run the inputs, otherwise autograd through
-the chunked torch reference (forward recomputed chunk by chunk under checkpointing, so memory
-stays O(batch * dim * L)). There is no Triton backward kernel.
+Backward, the first that can run the inputs: mamba-ssm's fused CUDA backward; our chunked Triton
+backward (``triton_backward``: CUDA, float32/float16/bfloat16); otherwise autograd through the
+chunked torch reference (forward recomputed chunk by chunk under checkpointing, so memory stays
+O(batch * dim * L)), the only one for CPU and float64.
 """
 
 from __future__ import annotations
@@ -120,9 +121,14 @@ def selective_scan_backward(
     delta_softplus: bool,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of (u, delta, A, B, C, D, delta_bias) for ``needs``: mamba-ssm, else reference."""
+    """Gradients of (u, delta, A, B, C, D, delta_bias) for ``needs``: mamba-ssm, Triton, else reference."""
     if _supports_mamba(*inputs) is None:
         return mamba_backend.backward(grad_out, inputs, delta_softplus, needs)
+    if _supports_triton(*inputs) is None:
+        from hrsam.ops.selective_scan.triton_backward import selective_scan_backward_triton
+
+        grads = selective_scan_backward_triton(grad_out, *inputs, delta_softplus)
+        return tuple(g if need else None for g, need in zip(grads, needs, strict=True))
     return replay_backward(lambda *t: selective_scan_chunked(*t, delta_softplus), grad_out, inputs, needs)
 
 

@@ -24,8 +24,7 @@ of the input bytes, so cheap); float32 B/C are read in place through their [batc
 because Triton broadcasts B_t/C_t through shared memory either way).
 The state is float32 whatever the input dtype (float32, float16, bfloat16).
 
-Only the forward is here; the backward is mamba-ssm's or the chunked torch reference (see
-``hrsam.ops.selective_scan``).
+Only the forward is here; the backward (``triton_backward``) reuses passes 1 and 2.
 """
 
 from __future__ import annotations
