@@ -67,11 +67,40 @@ def describe_bindings(trt) -> str:  # noqa: ANN001
     return f"TensorRT-RTX {trt.__version__}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in have.items())
 
 
+def reported(cls: type) -> type:
+    """Print every callback TensorRT makes into ``cls`` and the traceback of any that raises.
+
+    Why: a Python exception inside a plugin callback can end the process in C++
+    (``terminate called without an active exception``, seen when parsing the encoder on the H200,
+    2026-12-01) with no Python traceback; this prints which callback failed and why, flushed,
+    before TensorRT-RTX gets the exception.
+    """
+    for name, method in list(vars(cls).items()):
+        if callable(method) and not name.startswith("__"):
+            setattr(cls, name, _reporting(method, f"{cls.__name__}.{name}"))
+    return cls
+
+
+def _reporting(method, label: str):  # noqa: ANN001, ANN202
+    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        print(f"       callback {label}", flush=True)
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            print(f"[FAILED] callback {label} raised:", flush=True)
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+            raise
+
+    return call
+
+
 def make_plugin_classes(trt):  # noqa: ANN001, ANN201 - (plugin class, creator class)
     build_base = trt.IPluginV3OneBuildV2 if hasattr(trt, "IPluginV3OneBuildV2") else trt.IPluginV3OneBuild
     to_trt = {name: getattr(trt.DataType, value) for name, value in DTYPES.items()}
     from_trt = {value: name for name, value in to_trt.items()}
 
+    @reported
     class HrsamPlugin(trt.IPluginV3, trt.IPluginV3OneCore, build_base, trt.IPluginV3OneRuntime):
         """One hrsam plugin for TensorRT-RTX: ``plugins.definitions`` rules, the AOT PTX via cupy."""
 
@@ -155,6 +184,7 @@ def make_plugin_classes(trt):  # noqa: ANN001, ANN201 - (plugin class, creator c
             kernel = self.definition.compile(shapes, dtypes, self.attrs, 10 * major + minor)
             launch(kernel, list(inputs), list(outputs), stream)
 
+    @reported
     class HrsamCreator(trt.IPluginCreatorV3One):
         def __init__(self, definition: PluginDefinition) -> None:
             trt.IPluginCreatorV3One.__init__(self)

@@ -37,7 +37,6 @@ import triton
 import triton.language as tl
 
 from hrsam.ops.selective_scan.triton_kernel import (
-    LOG2E,
     ScanConfig,
     _chunk_carry_kernel,
     _chunk_state_kernel,
@@ -46,6 +45,8 @@ from hrsam.ops.selective_scan.triton_kernel import (
     plan_chunks,
 )
 
+# log2(e) as a compile-time constant (Triton kernels may read only constexpr globals).
+LOG2E = tl.constexpr(1.4426950408889634)
 # Steps replayed into the scratch buffer at a time: chunk lengths are multiples of 64, so this
 # divides them; 64 states of [N, BLOCK_D] float32 per program (256 KiB at N = 32) stay in L2.
 SUB = 64
