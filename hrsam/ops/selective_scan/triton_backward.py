@@ -3,7 +3,7 @@
 Why it exists. Without mamba-ssm the backward used to run autograd through the chunked torch
 reference: thousands of small launches per scan and a log-depth doubling scan over
 [batch, dim, N, T] tensors, the largest cost of a training step. This computes all seven
-gradients in a few launches with the forward's layout (one channel per lane, its N states in
+gradients in five launches with the forward's layout (one channel per lane, its N states in
 registers) and the forward's parallelism over sequence chunks.
 
 The math, per channel d and state n (dt after softplus, a_t = exp(dt_t A), x_t = dt_t u_t)::
@@ -51,7 +51,8 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # divides them; 64 states of [N, BLOCK_D] float32 per program (256 KiB at N = 32) stay in L2.
 SUB = 64
 # Backward programs hold several [N] state vectors per lane (state, gradient carry, dA, decays),
-# so fewer resident warps per SM than the forward; chunks are planned for this many.
+# so fewer resident warps per SM than the forward; chunks are planned for this many (a first
+# choice, not swept: docs/BENCHMARKS.md has the figures it gives).
 BACKWARD_CONFIG = ScanConfig(block_d=32, num_warps=1, warps_per_sm=16, steps=8)
 
 
@@ -108,6 +109,7 @@ def _chunk_grad_state_kernel(
     dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
     for k in range(0, n_tiles):
         t0 = start + (n_tiles - 1 - k) * STEPS
+        # u is not needed here: delta stands in for it and the dead load is compiled away.
         dt, _u, _z, tile, mask = _step_tile(delta_ptr, delta_ptr, row, t0, bias, mask_d, seqlen, STEPS, SOFTPLUS)
         dy = tl.load(dy_ptr + tile, mask=mask, other=0.0).to(tl.float32)
         dt_sum += tl.sum(dt, axis=1)
