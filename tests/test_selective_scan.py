@@ -205,14 +205,17 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_triton_kernel_under_the_interpreter():
+def _run_under_the_interpreter(script: str, done_line: str) -> None:
+    """Run ``script`` in a fresh interpreter with Triton's interpreter on; it must print ``done_line``."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "interpreter ok" in done.stdout
+    assert done_line in done.stdout
+
+
+def test_triton_kernel_under_the_interpreter():
+    _run_under_the_interpreter(_INTERPRETER_SCRIPT, "interpreter ok")
 
 
 _BACKWARD_INTERPRETER_SCRIPT = textwrap.dedent(
@@ -244,13 +247,7 @@ _BACKWARD_INTERPRETER_SCRIPT = textwrap.dedent(
 
 def test_triton_backward_under_the_interpreter():
     """All seven gradients of the Triton backward against float64 autograd of the reference."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", _BACKWARD_INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "backward ok" in done.stdout
+    _run_under_the_interpreter(_BACKWARD_INTERPRETER_SCRIPT, "backward ok")
 
 
 _GPU_TOLERANCES = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
