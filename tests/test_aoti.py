@@ -11,16 +11,21 @@ GPU (marker ``gpu``): a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default
 1024) in bf16, against eager fp32 and bf16 over the session (tolerances of
 ``tests/test_compiled.py``), and run without hrsam on CUDA. With ``HRSAM_AOTI_DIR`` set the
 package is built there, or reused when that directory already holds this case, so a benchmark run
-afterwards (``benchmarks/compiled.py --aoti-dir``) need not compile it again.
+afterwards (``benchmarks/compiled.py --aoti-dir``) need not compile it again. It is skipped, with the
+reason, where this torch build cannot load even a package of a model without HRSAM's operators on
+the GPU (probed in a subprocess: torch 2.11 on the H200 machine segfaults there, docs/DEPLOYMENT.md),
+so that crash does not end the whole GPU test run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -167,6 +172,36 @@ def test_cuda_export_without_cuda_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert "no CUDA device" in capsys.readouterr().err
 
 
+_PLAIN_GPU_PACKAGE = textwrap.dedent(
+    """
+    import sys
+    import torch
+
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.gelu(x @ x.T) + 1
+
+    args = (torch.randn(64, 64, device="cuda"),)
+    program = torch.export.export(Plain(), args)
+    path = torch._inductor.aoti_compile_and_package(program, package_path=sys.argv[1])
+    torch._inductor.aoti_load_package(path)(*args)
+    print("plain package ok")
+    """
+)
+
+
+@functools.cache
+def gpu_loader_failure() -> str | None:
+    """Why this torch build cannot load AOTInductor GPU packages at all, or None when it can."""
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run([sys.executable, "-c", _PLAIN_GPU_PACKAGE, f"{scratch}/plain.pt2"],
+                              capture_output=True, text=True)
+    if done.returncode == 0 and "plain package ok" in done.stdout:
+        return None
+    return (f"torch {torch.__version__} cannot load an AOTInductor GPU package of a model without HRSAM's "
+            f"operators (exit code {done.returncode}; docs/DEPLOYMENT.md)")
+
+
 def gpu_package(name: str, size: int, precision: str, tmp_path: Path) -> Path:
     """The GPU case's package directory: HRSAM_AOTI_DIR (reused when it holds this case) or a fresh one."""
     directory = Path(os.environ.get("HRSAM_AOTI_DIR") or tmp_path / "aoti")
@@ -186,6 +221,9 @@ def gpu_package(name: str, size: int, precision: str, tmp_path: Path) -> Path:
 @pytest.mark.gpu
 @cuda
 def test_gpu_package_matches_eager_over_a_session(tmp_path: Path) -> None:
+    failure = gpu_loader_failure()
+    if failure is not None:
+        pytest.skip(failure)
     name, size = gpu_case()
     directory = gpu_package(name, size, "bf16", tmp_path)
     runner = AOTIRunner(directory, precision="bf16")
