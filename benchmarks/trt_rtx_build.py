@@ -95,8 +95,11 @@ def _reporting(method, label: str):  # noqa: ANN001, ANN202
     return call
 
 
-def make_plugin_classes(trt):  # noqa: ANN001, ANN201 - (plugin class, creator class)
-    build_base = trt.IPluginV3OneBuildV2 if hasattr(trt, "IPluginV3OneBuildV2") else trt.IPluginV3OneBuild
+def make_plugin_classes(trt, build_interface: str):  # noqa: ANN001, ANN201 - (plugin class, creator class)
+    """``build_interface`` "v2": IPluginV3OneBuildV2 (aliased I/O, what the scan plugin needs), "v1":
+    IPluginV3OneBuild as in TensorRT's Python plugin sample (to tell an abort caused by V2 apart)."""
+    use_v2 = build_interface == "v2" and hasattr(trt, "IPluginV3OneBuildV2")
+    build_base = trt.IPluginV3OneBuildV2 if use_v2 else trt.IPluginV3OneBuild
     to_trt = {name: getattr(trt.DataType, value) for name, value in DTYPES.items()}
     from_trt = {value: name for name, value in to_trt.items()}
 
@@ -217,8 +220,8 @@ def _constant(expr) -> int:  # noqa: ANN001
     return int(expr.get_constant_value())
 
 
-def register(trt) -> str:  # noqa: ANN001
-    _, creator = make_plugin_classes(trt)
+def register(trt, build_interface: str) -> str:  # noqa: ANN001
+    _, creator = make_plugin_classes(trt, build_interface)
     registry = trt.get_plugin_registry()
     creators = [creator(definition) for definition in PLUGINS.values()]
     _CREATORS.extend(creators)  # keep them alive: the registry holds raw pointers
@@ -313,12 +316,15 @@ def main() -> int:
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
     parser.add_argument("--parts", nargs="+", choices=sorted(ONNX_FILES), default=["encoder", "decoder"])
     parser.add_argument("--sm-count", type=int, default=132, help="SMs of the target GPU (the scan's chunk plan)")
+    parser.add_argument("--build-interface", choices=("v2", "v1"), default="v2",
+                        help="IPluginV3OneBuildV2 (aliased I/O) or IPluginV3OneBuild")
     args = parser.parse_args()
     trt = step("import tensorrt_rtx_bindings", import_rtx)
     if trt is None:
         return 1
     step("bindings", describe_bindings, trt)
-    if step("register hrsam plugins through IPluginV3 creators", register, trt) is None:
+    if step(f"register hrsam plugins through IPluginV3 creators ({args.build_interface})", register, trt,
+            args.build_interface) is None:  # fmt: skip
         return 1
     prepared = step(f"prepare the graphs ({args.precision}, scans lowered)", prepare, args)
     if prepared is None:

@@ -129,3 +129,16 @@ def test_hrsampp_shares_trunk_weights_with_hrsam() -> None:
     assert single.keys() <= multi.keys()
     changed = {k for k in single if single[k].shape != multi[k].shape}
     assert changed == {f"neck.laterals.{i}.proj.weight" for i in range(4)}
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (48, 80)])
+def test_patch_embedding_gemm_equals_the_convolution(height: int, width: int) -> None:
+    """The encoder embeds patches with one GEMM over unfolded patches (faster on GPUs than cuDNN's
+    strided convolution); it must be the checkpoint's convolution exactly, raster token order
+    included. float64, so only summation order differs (tolerance 1e-12)."""
+    encoder = _encoder("hrsam_tiny").double()
+    images = torch.randn(2, 3, height, width, dtype=torch.float64)
+    with torch.no_grad():
+        expected = encoder.patch_embed(images).flatten(2).transpose(1, 2)
+        got = encoder._patchify(images)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
