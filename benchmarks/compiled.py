@@ -49,7 +49,6 @@ from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import CompiledRunner, CudaGraphCall, compile_part, decoder_example  # noqa: E402
 from hrsam.contract import SIDECAR_FILE, Sidecar  # noqa: E402
 from hrsam.modeling.configs import PATCH_SIZE  # noqa: E402
-from hrsam.ops.varlen_attention import inductor as attention_inductor  # noqa: E402
 from hrsam.runner import EagerRunner, Runner, autocast_dtype_of  # noqa: E402
 from tests.test_compiled import RELATIVE_TOLERANCE, click_session, mask_iou  # noqa: E402
 from trt_runtime.aoti_runner import AOTIRunner  # noqa: E402
@@ -170,7 +169,7 @@ def startup_in_fresh_processes(name: str, size: int, args: argparse.Namespace) -
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=f"{cache}/inductor", TRITON_CACHE_DIR=f"{cache}/triton")
         for _ in range(2):
             command = [sys.executable, __file__, "--child", f"{name}:{size}", "--precision", args.precision,
-                       "--lowered-attention", args.lowered_attention, "--out", "/dev/null"]  # fmt: skip
+                       "--out", "/dev/null"]  # fmt: skip
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             times.append(float(done.stdout.strip().splitlines()[-1]))
     return times[0], times[1]
@@ -205,8 +204,7 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         f"- {environment()}; {datetime.date.today().isoformat()}",
         f"- random weights (seed 0), batch 1; median of {args.iters} calls after warm-up, CUDA events; "
         f"decoder with {args.points} points (5 clicks + padding point), no mask prompt; "
-        f"Inductor max-autotune {'on' if args.max_autotune else 'off'}; attention kernel in compiled graphs: "
-        f"{args.lowered_attention}",
+        f"Inductor max-autotune {'on' if args.max_autotune else 'off'}",
         "- compiled = hrsam.compiled.CompiledRunner (Inductor, freezing, CUDA graph replay incl. input and output "
         "copies); AOTI = trt_runtime.aoti_runner.AOTIRunner (python -m export aoti packages, no CUDA graph)", "",
         "### Encoder (ms)", "",
@@ -273,11 +271,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--startup", action="store_true", help="also time cold / warm builds in fresh processes")
     parser.add_argument("--max-autotune", action="store_true", help="Inductor max-autotune (much longer builds)")
-    parser.add_argument("--lowered-attention", choices=["torch", "triton"], default=attention_inductor.LOWERED_KERNEL,
-                        help="CUDA attention kernel of compiled graphs (PyTorch's flash / ours)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    attention_inductor.LOWERED_KERNEL = args.lowered_attention
     if not torch.cuda.is_available():
         print("benchmarks/compiled.py needs a CUDA device", file=sys.stderr)
         return 2

@@ -37,7 +37,6 @@ from benchmarks.common import cuda_graph_median_ms, environment, markdown_table 
 from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import DecoderPart, EncoderPart, compile_part, decoder_example  # noqa: E402
 from hrsam.modeling.configs import CONFIGS, PATCH_SIZE  # noqa: E402
-from hrsam.ops.varlen_attention import inductor as attention_inductor  # noqa: E402
 from hrsam.runner import autocast_dtype_of  # noqa: E402
 
 # (category, pattern on the lower-cased kernel name); the first match wins, so specific names first.
@@ -163,10 +162,7 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=6, help="decoder prompt points (5 clicks + padding)")
     parser.add_argument("--iters", type=int, default=5, help="profiled calls per variant")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
-    parser.add_argument("--lowered-attention", choices=["torch", "triton"], default=attention_inductor.LOWERED_KERNEL,
-                        help="CUDA attention kernel of compiled graphs (PyTorch's flash / ours)")
     args = parser.parse_args()
-    attention_inductor.LOWERED_KERNEL = args.lowered_attention
     if not torch.cuda.is_available():
         print("benchmarks/profile_encoder.py needs a CUDA device", file=sys.stderr)
         return 2
@@ -177,8 +173,7 @@ def main() -> int:
     prompts = decoder_example(args.size // PATCH_SIZE, args.points, torch.device("cuda"))
     prompts[1].uniform_(0, args.size)
     prompts[2].fill_(1.0)
-    lines = [f"## Profile: {args.model} at {args.size}, {args.precision}", "", f"- {environment()}",
-             f"- attention kernel in compiled graphs: {args.lowered_attention}", ""]
+    lines = [f"## Profile: {args.model} at {args.size}, {args.precision}", "", f"- {environment()}", ""]
     lines += profile_part(f"encoder, input {args.size}", EncoderPart(model, autocast), (images,), args)
     side = args.size // PATCH_SIZE
     lines += profile_part(f"decoder, {side}x{side} embedding, {args.points} points", DecoderPart(model, autocast),

@@ -15,6 +15,13 @@ AOT-compiled PTX launched with cupy. Steps, each printed as OK or FAILED with Te
 4. build the engine; 5. deserialize it (expected to fail on compute capability 9.0).
 
     python benchmarks/trt_rtx_build.py --model hrsam_tiny --size 1024 --out /tmp/rtx --precision fp16
+    python benchmarks/trt_rtx_build.py --portable --parts encoder --size 512 --out /tmp/rtx --precision fp32
+
+What it showed on an H200 (docs/DEPLOYMENT.md): TensorRT-RTX 1.7's network has no plugin layers
+(``INetworkDefinition`` has neither ``add_plugin_v3`` nor ``add_plugin_v2``), and its ONNX parser,
+having created our plugin through the registry, ends the process (``terminate called without an
+active exception``) before calling into it. So the plugin graph cannot be checked with it; the
+``--portable`` graph (standard ONNX ops only) parses and builds.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ def describe_bindings(trt) -> str:  # noqa: ANN001
     have["STRONGLY_TYPED"] = hasattr(flags, "STRONGLY_TYPED")
     have["PREFER_AOT_PYTHON_PLUGINS"] = hasattr(flags, "PREFER_AOT_PYTHON_PLUGINS")
     have["ALIASED_PLUGIN_IO_10_03"] = hasattr(trt.PreviewFeature, "ALIASED_PLUGIN_IO_10_03")
+    for method in ("add_plugin_v3", "add_plugin_v2", "add_attention"):  # plugin layers, IAttention
+        have[f"INetworkDefinition.{method}"] = hasattr(trt.INetworkDefinition, method)
     try:
         import tensorrt_rtx_bindings.plugin  # noqa: F401
         have["tensorrt.plugin"] = True
@@ -70,10 +79,10 @@ def describe_bindings(trt) -> str:  # noqa: ANN001
 def reported(cls: type) -> type:
     """Print every callback TensorRT makes into ``cls`` and the traceback of any that raises.
 
-    Why: a Python exception inside a plugin callback can end the process in C++
-    (``terminate called without an active exception``, seen when parsing the encoder on the H200,
-    2026-12-01) with no Python traceback; this prints which callback failed and why, flushed,
-    before TensorRT-RTX gets the exception.
+    Why: a Python exception inside a plugin callback can end the process in C++ with no Python
+    traceback; this prints which callback ran last and why one failed, flushed, before TensorRT
+    gets the exception. (It showed that TensorRT-RTX 1.7's abort follows ``create_plugin``, which
+    returns normally, before any call into the plugin.)
     """
     for name, method in list(vars(cls).items()):
         if callable(method) and not name.startswith("__"):
@@ -95,11 +104,8 @@ def _reporting(method, label: str):  # noqa: ANN001, ANN202
     return call
 
 
-def make_plugin_classes(trt, build_interface: str):  # noqa: ANN001, ANN201 - (plugin class, creator class)
-    """``build_interface`` "v2": IPluginV3OneBuildV2 (aliased I/O, what the scan plugin needs), "v1":
-    IPluginV3OneBuild as in TensorRT's Python plugin sample (to tell an abort caused by V2 apart)."""
-    use_v2 = build_interface == "v2" and hasattr(trt, "IPluginV3OneBuildV2")
-    build_base = trt.IPluginV3OneBuildV2 if use_v2 else trt.IPluginV3OneBuild
+def make_plugin_classes(trt):  # noqa: ANN001, ANN201 - (plugin class, creator class)
+    build_base = trt.IPluginV3OneBuildV2 if hasattr(trt, "IPluginV3OneBuildV2") else trt.IPluginV3OneBuild
     to_trt = {name: getattr(trt.DataType, value) for name, value in DTYPES.items()}
     from_trt = {value: name for name, value in to_trt.items()}
 
@@ -220,8 +226,8 @@ def _constant(expr) -> int:  # noqa: ANN001
     return int(expr.get_constant_value())
 
 
-def register(trt, build_interface: str) -> str:  # noqa: ANN001
-    _, creator = make_plugin_classes(trt, build_interface)
+def register(trt) -> str:  # noqa: ANN001
+    _, creator = make_plugin_classes(trt)
     registry = trt.get_plugin_registry()
     creators = [creator(definition) for definition in PLUGINS.values()]
     _CREATORS.extend(creators)  # keep them alive: the registry holds raw pointers
@@ -241,7 +247,7 @@ def prepare(args: argparse.Namespace) -> dict[str, tuple[onnx.ModelProto, Path]]
         from hrsam.checkpoint import load_model
 
         directory = args.out
-        export_onnx(load_model(args.model, None, seed=0), args.size, directory)
+        export_onnx(load_model(args.model, None, seed=0), args.size, directory, portable=args.portable)
     prepared = {}
     for part in args.parts:
         path = Path(directory) / ONNX_FILES[part]
@@ -316,15 +322,13 @@ def main() -> int:
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
     parser.add_argument("--parts", nargs="+", choices=sorted(ONNX_FILES), default=["encoder", "decoder"])
     parser.add_argument("--sm-count", type=int, default=132, help="SMs of the target GPU (the scan's chunk plan)")
-    parser.add_argument("--build-interface", choices=("v2", "v1"), default="v2",
-                        help="IPluginV3OneBuildV2 (aliased I/O) or IPluginV3OneBuild")
+    parser.add_argument("--portable", action="store_true", help="export standard ONNX ops only (no plugins)")
     args = parser.parse_args()
     trt = step("import tensorrt_rtx_bindings", import_rtx)
     if trt is None:
         return 1
     step("bindings", describe_bindings, trt)
-    if step(f"register hrsam plugins through IPluginV3 creators ({args.build_interface})", register, trt,
-            args.build_interface) is None:  # fmt: skip
+    if step("register hrsam plugins through IPluginV3 creators", register, trt) is None:
         return 1
     prepared = step(f"prepare the graphs ({args.precision}, scans lowered)", prepare, args)
     if prepared is None:
