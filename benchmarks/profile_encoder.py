@@ -84,6 +84,26 @@ def kernel_times(fn: Callable[[], object], iters: int) -> dict[str, tuple[float,
     return {name: (ms, round(count)) for name, (ms, count) in totals.items()}
 
 
+def kernel_origins(fn: Callable[[], object], iters: int = 2) -> dict[str, str]:
+    """Kernel name -> the innermost profiled operator that launched it.
+
+    Why: in a compiled graph the kernels that are not Inductor's own come from operators Inductor
+    kept as calls (extern kernels, fallbacks), and their names (``elementwise_kernel<128, 4, ...>``)
+    do not say which operator; the profiler links each kernel to the CPU-side operator that launched
+    it. Called without CUDA-graph replay (a replay has no CPU-side operators).
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    origins: dict[str, str] = {}
+    for event in prof.events():
+        for kernel in event.kernels:
+            origins.setdefault(kernel.name, event.name)
+    return origins
+
+
 def category_table(columns: dict[str, dict[str, tuple[float, int]]]) -> str:
     """One row per category: ms, share and kernel count for each profiled variant."""
     grouped = {label: defaultdict(lambda: [0.0, 0]) for label in columns}
@@ -105,10 +125,12 @@ def category_table(columns: dict[str, dict[str, tuple[float, int]]]) -> str:
     return markdown_table(header, rows)
 
 
-def top_kernels(kernels: dict[str, tuple[float, int]], count: int = 15) -> str:
+def top_kernels(kernels: dict[str, tuple[float, int]], origins: dict[str, str], count: int = 15) -> str:
+    """The ``count`` kernels with the most GPU time per call, with the operator that launched each."""
     ranked = sorted(kernels.items(), key=lambda item: -item[1][0])[:count]
-    rows = [[f"`{name[:90]}`", category(name), f"{ms:.3f}", calls] for name, (ms, calls) in ranked]
-    return markdown_table(["kernel", "kind", "ms per call", "launches"], rows)
+    rows = [[f"`{name[:90]}`", category(name), f"`{origins.get(name, '?')[:60]}`", f"{ms:.3f}", calls]
+            for name, (ms, calls) in ranked]  # fmt: skip
+    return markdown_table(["kernel", "kind", "launched by", "ms per call", "launches"], rows)
 
 
 def attention_flops(q_shape: torch.Size, *args: object, **_: object) -> int:
@@ -139,6 +161,7 @@ def profile_part(label: str, part: torch.nn.Module, inputs: tuple, args: argpars
     with torch.no_grad():
         eager = kernel_times(lambda: part(*inputs), args.iters)
         fast = kernel_times(lambda: compiled(*inputs), args.iters)
+        origins = kernel_origins(lambda: part(*inputs)) | kernel_origins(lambda: compiled(*inputs))
         graph_ms = cuda_graph_median_ms(lambda: compiled(*inputs), iters=30)
         tflop = matmul_tflop(part, inputs)
     lines = [f"### {label}", "", f"- first compiled call (compile or cache hit): {compile_s:.1f} s",
@@ -150,7 +173,7 @@ def profile_part(label: str, part: torch.nn.Module, inputs: tuple, args: argpars
         lines.append(f"- FLOP bound at {peak} TFLOP/s ({args.precision} dense): {bound:.3f} ms; "
                      f"compiled graph = {graph_ms / bound:.1f}x the bound")  # fmt: skip
     lines += ["", category_table({"eager": eager, "compiled": fast}), "", "Top compiled kernels:", "",
-              top_kernels(fast), "", "Top eager kernels:", "", top_kernels(eager), ""]  # fmt: skip
+              top_kernels(fast, origins), "", "Top eager kernels:", "", top_kernels(eager, origins), ""]  # fmt: skip
     return lines
 
 
