@@ -156,7 +156,7 @@ class HRSAMEncoder(nn.Module):
 
         Why not the convolution: with stride equal to the kernel it is exactly this matrix product,
         and cuDNN's implicit-GEMM kernel for it took 1.13 ms for HRSAM++'s two calls at 2048 (bf16,
-        H200; docs/BENCHMARKS.md, encoder profile) for ~40 GFLOP of work. The weights stay the
+        H200; docs/BENCHMARKS.md, encoder profile) for ~20 GFLOP of work. The weights stay the
         convolution's, so checkpoints are unchanged.
         """
         patch = self.config.patch_size
