@@ -78,6 +78,21 @@ def _pick(tile, offs_t, i):
     return tl.sum(tl.where((offs_t == i)[None, :], tile, 0.0), axis=1)
 
 
+@triton.jit
+def _channel_block(A_ptr, bias_ptr, pid_b, dim, seqlen, dstate, stride_an,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's channels (grid axis 1) and states: offsets, masks, A * log2(e), bias, row bases."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * stride_an + offs_d[None, :], mask=mask_nd, other=0.0) * LOG2E
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
+    return offs_d, offs_n, mask_d, mask_n, mask_nd, A2, bias, row
+
+
 @triton.jit(do_not_specialize=["stride_an"])
 def _chunk_grad_state_kernel(
     delta_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, rstates_ptr, dtsum_ptr,
@@ -90,16 +105,11 @@ def _chunk_grad_state_kernel(
     (a scan over rows) runs the chunks from last to first.
     """
     pid_j = tl.program_id(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, STEPS)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * stride_an + offs_d[None, :], mask=mask_nd, other=0.0) * LOG2E
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
+    offs_d, offs_n, mask_d, mask_n, mask_nd, A2, bias, row = _channel_block(
+        A_ptr, bias_ptr, pid_b, dim, seqlen, dstate, stride_an, BLOCK_D, BLOCK_N
+    )
     c_base = pid_b * seqlen * dstate
     chunk = n_chunks - 1 - pid_j
     start = chunk * chunk_len
@@ -155,16 +165,11 @@ def _chunk_backward_kernel(
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     d_blocks = tl.num_programs(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, STEPS)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * stride_an + offs_d[None, :], mask=mask_nd, other=0.0) * LOG2E
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    offs_d, offs_n, mask_d, mask_n, mask_nd, A2, bias, row = _channel_block(
+        A_ptr, bias_ptr, pid_b, dim, seqlen, dstate, stride_an, BLOCK_D, BLOCK_N
+    )
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-    row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
     bc_base = pid_b * seqlen * dstate
     state_off = offs_n[:, None] * dim + offs_d[None, :]
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
