@@ -64,12 +64,19 @@ def category(name: str) -> str:
     return "other"
 
 
-def kernel_times(fn: Callable[[], object], iters: int) -> dict[str, tuple[float, int]]:
-    """name -> (total GPU ms per call, launches per call) over ``iters`` profiled calls."""
+def kernel_times(fn: Callable[[], object], iters: int) -> tuple[dict[str, tuple[float, int]], dict[str, str]]:
+    """(name -> (total GPU ms per call, launches per call), name -> operator that launched it).
+
+    The launching operator is the innermost CPU-side operator the profiler links each kernel to. In
+    a compiled graph the kernels that are not Inductor's own come from operators Inductor kept as
+    calls (extern kernels, fallbacks), and their names (``elementwise_kernel<128, 4, ...>``) do not
+    say which. ``fn`` runs without CUDA-graph replay (a replay has no CPU-side operators).
+    """
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
@@ -81,27 +88,11 @@ def kernel_times(fn: Callable[[], object], iters: int) -> dict[str, tuple[float,
         if event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in event:
             totals[event["name"]][0] += event["dur"] / 1000 / iters
             totals[event["name"]][1] += 1 / iters
-    return {name: (ms, round(count)) for name, (ms, count) in totals.items()}
-
-
-def kernel_origins(fn: Callable[[], object], iters: int = 2) -> dict[str, str]:
-    """Kernel name -> the innermost profiled operator that launched it.
-
-    Why: in a compiled graph the kernels that are not Inductor's own come from operators Inductor
-    kept as calls (extern kernels, fallbacks), and their names (``elementwise_kernel<128, 4, ...>``)
-    do not say which operator; the profiler links each kernel to the CPU-side operator that launched
-    it. Called without CUDA-graph replay (a replay has no CPU-side operators).
-    """
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
     origins: dict[str, str] = {}
     for event in prof.events():
         for kernel in event.kernels:
             origins.setdefault(kernel.name, event.name)
-    return origins
+    return {name: (ms, round(count)) for name, (ms, count) in totals.items()}, origins
 
 
 def category_table(columns: dict[str, dict[str, tuple[float, int]]]) -> str:
@@ -159,9 +150,8 @@ def profile_part(label: str, part: torch.nn.Module, inputs: tuple, args: argpars
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - start
     with torch.no_grad():
-        eager = kernel_times(lambda: part(*inputs), args.iters)
-        fast = kernel_times(lambda: compiled(*inputs), args.iters)
-        origins = kernel_origins(lambda: part(*inputs)) | kernel_origins(lambda: compiled(*inputs))
+        eager, eager_origins = kernel_times(lambda: part(*inputs), args.iters)
+        fast, fast_origins = kernel_times(lambda: compiled(*inputs), args.iters)
         graph_ms = cuda_graph_median_ms(lambda: compiled(*inputs), iters=30)
         tflop = matmul_tflop(part, inputs)
     lines = [f"### {label}", "", f"- first compiled call (compile or cache hit): {compile_s:.1f} s",
@@ -173,7 +163,8 @@ def profile_part(label: str, part: torch.nn.Module, inputs: tuple, args: argpars
         lines.append(f"- FLOP bound at {peak} TFLOP/s ({args.precision} dense): {bound:.3f} ms; "
                      f"compiled graph = {graph_ms / bound:.1f}x the bound")  # fmt: skip
     lines += ["", category_table({"eager": eager, "compiled": fast}), "", "Top compiled kernels:", "",
-              top_kernels(fast, origins), "", "Top eager kernels:", "", top_kernels(eager, origins), ""]  # fmt: skip
+              top_kernels(fast, fast_origins), "", "Top eager kernels:", "",
+              top_kernels(eager, eager_origins), ""]  # fmt: skip
     return lines
 
 
