@@ -9,9 +9,10 @@ How:
 * ``EncoderPart`` / ``DecoderPart`` are the two halves as modules with the export contract's I/O
   (float32 in, float32 out, autocast inside). The same modules are what ``python -m export aoti``
   packages with AOTInductor, so compiled and packaged engines run the same graph.
-* The custom ops reach Inductor as code it can compile (``hrsam.ops.lowering``): the selective
-  scan as a ``triton_op`` around its Triton kernels, the varlen attention as PyTorch's flash /
-  memory-efficient varlen kernels.
+* The custom ops stay opaque calls inside the compiled graph (their eager CUDA backends: our
+  Triton scan, PyTorch's flash varlen attention); Inductor fuses everything around them. Their
+  Inductor-visible forms (``hrsam.ops.lowering``) are for AOTInductor packages only: inside
+  compiled graphs they measured slower (docs/BENCHMARKS.md).
 * Compile options: ``freezing`` (weights become constants: their autocast casts and weight-only
   subgraphs such as the padding token's projection are folded once), ``comprehensive_padding`` off
   (the scan kernel indexes its contiguous inputs itself, so Inductor must not pad their strides).
@@ -89,8 +90,8 @@ class DecoderPart(nn.Module):
 def compile_part(part: nn.Module, max_autotune: bool = False) -> Callable[..., object]:
     """torch.compile of one part (one graph, no CUDA graphs: the runner captures its own).
 
-    Call the result under ``torch.no_grad()``: freezing, and the ops' lowered forms, apply only
-    to graphs traced without gradient recording. ``INDUCTOR_OPTIONS`` are set around every call,
+    Call the result under ``torch.no_grad()``: freezing applies only to graphs traced without
+    gradient recording. ``INDUCTOR_OPTIONS`` are set around every call,
     not passed as compile options: Dynamo reads ``freezing`` while it traces, and only then does
     it guard on the identity of the parameters it bakes in, so a graph holding one model's weights
     is never replayed for another model of the same shapes.

@@ -197,6 +197,6 @@ def selective_scan(
     D = zeros if D is None else D
     delta_bias = zeros if delta_bias is None else delta_bias
     _validate(u, delta, A, B, C, D, delta_bias)
-    if lowering_active(u.device):  # traced for Inductor: code it can compile (hrsam.ops.lowering)
+    if lowering_active():  # traced for an AOTInductor package: code it can compile (hrsam.ops.lowering)
         return selective_scan_lowered(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
     return selective_scan_op(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))

@@ -156,7 +156,7 @@ def varlen_attention(
     _check_offsets(cu_seqlens_q, q.shape[0], max_seqlen_q, "cu_seqlens_q")
     _check_offsets(cu_seqlens_k, k.shape[0], max_seqlen_k, "cu_seqlens_k")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if lowering_active(q.device):  # traced for Inductor: code it can compile (hrsam.ops.lowering)
+    if lowering_active():  # traced for an AOTInductor package: code it can compile (hrsam.ops.lowering)
         return varlen_attention_lowered(
             q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale
         )
