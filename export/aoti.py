@@ -33,6 +33,7 @@ from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, POINTS_A
 from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.ops.lowering import aot_lowering
 from hrsam.runner import autocast_dtype_of
+from trt_runtime.aoti_check import embedded_libstdcxx_reason
 
 DEFAULT_MAX_POINTS = 64
 
@@ -145,6 +146,9 @@ def export_aoti(
         path = directory / AOTI_FILES[name]
         metadata = {**sidecar.metadata(name), META_PRECISION: precision, **extra}
         seconds[name] = _package(part, args, dynamic, path, metadata, max_autotune)
+        reason = embedded_libstdcxx_reason(path)  # loading it back to check it would end the process
+        if reason is not None:
+            raise UserError(reason)
         errors[name] = _max_error(path, part, args)
         sidecar.aoti[name] = _record(path, metadata, target, seconds[name])
     sidecar.write(directory)

@@ -5,7 +5,9 @@ shared by the tests through one module fixture): the sidecar records and package
 5-click session through ``open_predictor("aoti")`` against the eager model (fp32: 1e-4 of the
 logits' magnitude), both packages run in a Python process that never imports hrsam (no Python
 model code inside), and each refusal (precision, point count, foreign sidecar, another model's
-directory). Fast CPU tests cover the errors that need no package.
+directory, a package whose wrapper carries its own libstdc++ and would crash the process on load,
+a file that is no package). Fast CPU tests cover the errors that need no package, and the ELF
+symbol check on real libraries.
 
 GPU (marker ``gpu``): a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default hrsampp_tiny at
 1024) in bf16, against eager fp32 and bf16 over the session (tolerances of
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,7 @@ from hrsam.contract import META_MAX_POINTS, META_PRECISION, SIDECAR_FILE, Sideca
 from hrsam.runner import EagerRunner, autocast_dtype_of
 from tests.test_compiled import check_session, click_session, gpu_case
 from trt_runtime import backend_unavailable_reason, open_runner
+from trt_runtime.aoti_check import LOCALE_ID_SYMBOL, defined_dynamic_symbols, embedded_libstdcxx_reason
 from trt_runtime.aoti_runner import AOTIRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +132,49 @@ def test_refusals(cpu_export: Path, tmp_path: Path) -> None:
     (foreign / SIDECAR_FILE).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="does not belong"):
         AOTIRunner(foreign, precision="fp32")
+    for part in ("encoder.pt2", "decoder.pt2"):  # built here against the shared libstdc++
+        assert embedded_libstdcxx_reason(cpu_export / part) is None
+    crashing = tmp_path / "crashing"
+    shutil.copytree(cpu_export, crashing)
+    _replace_libraries(crashing / "encoder.pt2", _loaded_libstdcxx().read_bytes())
+    with pytest.raises(RuntimeError, match="own copy of libstdc"):
+        AOTIRunner(crashing, precision="fp32")
+    (crashing / "encoder.pt2").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="not a readable AOTInductor package"):
+        AOTIRunner(crashing, precision="fp32")
+
+
+def _loaded_libstdcxx() -> Path:
+    """The libstdc++ this process runs on (torch loaded it): it defines the locale symbols itself."""
+    paths = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libstdc++" in line]
+    if not paths:
+        pytest.skip("no libstdc++ mapped in this process (not Linux with glibc)")
+    return Path(paths[0])
+
+
+def _replace_libraries(package: Path, library: bytes) -> None:
+    """Rewrite ``package`` with every ``.so`` in it replaced by ``library``."""
+    with zipfile.ZipFile(package) as archive:
+        entries = [
+            (info, library if info.filename.endswith(".so") else archive.read(info)) for info in archive.infolist()
+        ]
+    with zipfile.ZipFile(package, "w") as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+
+
+def test_libstdcxx_check_reads_elf_symbols(tmp_path: Path) -> None:
+    """A library that carries libstdc++'s locale code is named; one that does not passes; junk is an error."""
+    package = tmp_path / "p.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("p/data/aotinductor/model/x.wrapper.so", _loaded_libstdcxx().read_bytes())
+    assert "x.wrapper.so in p.pt2 was linked with its own copy of libstdc++" in embedded_libstdcxx_reason(package)
+    symbols = defined_dynamic_symbols(Path(torch._C.__file__).read_bytes())
+    assert symbols and LOCALE_ID_SYMBOL not in symbols  # an extension linked against the shared libstdc++
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("p/x.so", b"\x7fELF but nothing else")
+    with pytest.raises(ValueError, match="x.so is not a valid shared library"):
+        embedded_libstdcxx_reason(package)
 
 
 def test_runner_needs_packages(tmp_path: Path) -> None:
@@ -194,12 +241,15 @@ _PLAIN_GPU_PACKAGE = textwrap.dedent(
 def gpu_loader_failure() -> str | None:
     """Why this torch build cannot load AOTInductor GPU packages at all, or None when it can."""
     with tempfile.TemporaryDirectory() as scratch:
-        done = subprocess.run([sys.executable, "-c", _PLAIN_GPU_PACKAGE, f"{scratch}/plain.pt2"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _PLAIN_GPU_PACKAGE, f"{scratch}/plain.pt2"], capture_output=True, text=True
+        )
     if done.returncode == 0 and "plain package ok" in done.stdout:
         return None
-    return (f"torch {torch.__version__} cannot load an AOTInductor GPU package of a model without HRSAM's "
-            f"operators (exit code {done.returncode}; docs/DEPLOYMENT.md)")
+    return (
+        f"torch {torch.__version__} cannot load an AOTInductor GPU package of a model without HRSAM's "
+        f"operators (exit code {done.returncode}; docs/DEPLOYMENT.md)"
+    )
 
 
 def gpu_package(name: str, size: int, precision: str, tmp_path: Path) -> Path:
@@ -210,7 +260,10 @@ def gpu_package(name: str, size: int, precision: str, tmp_path: Path) -> Path:
         sidecar = Sidecar.read(directory)
         record = sidecar.aoti.get("encoder", {})
         if (sidecar.model, sidecar.input_size, record.get("precision"), record.get("device")) == (
-            name, size, precision, "cuda"
+            name,
+            size,
+            precision,
+            "cuda",
         ):
             return directory
     result = export_aoti(loaded, size, directory, precision=precision, device="cuda", max_points=16)

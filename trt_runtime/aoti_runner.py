@@ -4,8 +4,9 @@
 halves with their weights; ``torch._inductor.aoti_load_package`` loads them and no Python model
 code runs. The runner refuses packages that do not belong to the directory's ``model.json``
 (``Sidecar.check_metadata`` on the metadata compiled into each package), a precision other than
-the one compiled in, and a CUDA package on a machine without CUDA, each with one line that says
-what to do.
+the one compiled in, a CUDA package on a machine without CUDA, a file that is no package, and a
+package whose wrapper library would crash the process on load (``aoti_check``), each with one line
+that says what to do.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, Sidecar
 from hrsam.runner import Runner, RunnerInfo
+from trt_runtime.aoti_check import embedded_libstdcxx_reason
 
 
 class AOTIRunner(Runner):
@@ -67,6 +69,9 @@ class AOTIRunner(Runner):
         path = directory / sidecar.aoti[part]["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: export again with `python -m export aoti --out {directory}`")
+        reason = embedded_libstdcxx_reason(path)  # a load would end the process: refuse first
+        if reason is not None:
+            raise RuntimeError(reason)
         index = device.index if device.type == "cuda" else -1
         package = torch._inductor.aoti_load_package(str(path), device_index=index)
         metadata = dict(package.get_metadata())
