@@ -169,7 +169,8 @@ def test_libstdcxx_check_reads_elf_symbols(tmp_path: Path) -> None:
     with zipfile.ZipFile(package, "w") as archive:
         archive.writestr("p/data/aotinductor/model/x.wrapper.so", _loaded_libstdcxx().read_bytes())
     assert "x.wrapper.so in p.pt2 was linked with its own copy of libstdc++" in embedded_libstdcxx_reason(package)
-    symbols = defined_dynamic_symbols(Path(torch._C.__file__).read_bytes())
+    with open(torch._C.__file__, "rb") as extension:
+        symbols = defined_dynamic_symbols(extension)
     assert symbols and LOCALE_ID_SYMBOL not in symbols  # an extension linked against the shared libstdc++
     with zipfile.ZipFile(package, "w") as archive:
         archive.writestr("p/x.so", b"\x7fELF but nothing else")

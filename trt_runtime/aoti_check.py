@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 # std::locale::id::_M_id() const: defined only where libstdc++ itself was linked in.
 LOCALE_ID_SYMBOL = b"_ZNKSt6locale2id5_M_idEv"
@@ -24,23 +25,36 @@ _SHT_DYNSYM = 11
 _SHN_UNDEF = 0
 
 
-def defined_dynamic_symbols(elf: bytes) -> set[bytes]:
-    """Names the ELF64 little-endian shared object ``elf`` defines in its dynamic symbol table."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+def defined_dynamic_symbols(elf: BinaryIO) -> set[bytes]:
+    """Names the ELF64 little-endian shared object in ``elf`` (seekable) defines in its dynamic symbol table.
+
+    Reads only the headers and the two dynamic-symbol sections: a package's wrapper can hold
+    hundreds of MB of weights.
+    """
+
+    def read(offset: int, size: int) -> bytes:
+        elf.seek(offset)
+        data = elf.read(size)
+        if len(data) != size:
+            raise ValueError("truncated file")
+        return data
+
+    header = read(0, 64)
+    if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
-    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", elf, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    (shoff,) = struct.unpack_from("<Q", header, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
+    table = read(shoff, shentsize * shnum)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
     names: set[bytes] = set()
     for _, kind, _, _, offset, size, link, _, _, entsize in sections:
         if kind != _SHT_DYNSYM or entsize == 0:
             continue
-        strings_offset = sections[link][4]
+        symbols, strings = read(offset, size), read(sections[link][4], sections[link][5])
         for index in range(size // entsize):
-            name, _, _, shndx = struct.unpack_from("<IBBH", elf, offset + index * entsize)
+            name, _, _, shndx = struct.unpack_from("<IBBH", symbols, index * entsize)
             if shndx != _SHN_UNDEF and name:
-                end = elf.index(b"\0", strings_offset + name)
-                names.add(elf[strings_offset + name : end])
+                names.add(strings[name : strings.index(b"\0", name)])
     return names
 
 
@@ -50,20 +64,25 @@ def embedded_libstdcxx_reason(package: str | Path) -> str | None:
     Raises ValueError when ``package`` is not a readable ``.pt2`` (zip) archive or holds a broken library.
     """
     try:
-        with zipfile.ZipFile(package) as archive:
-            libraries = {name: archive.read(name) for name in archive.namelist() if name.endswith(".so")}
+        archive = zipfile.ZipFile(package)
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{package} is not a readable AOTInductor package (.pt2 zip archive): {error}") from error
-    for name, data in libraries.items():
-        try:
-            symbols = defined_dynamic_symbols(data)
-        except (ValueError, struct.error, IndexError) as error:
-            raise ValueError(f"{package}: {name} is not a valid shared library ({error})") from error
-        if LOCALE_ID_SYMBOL in symbols:
-            return (
-                f"{Path(name).name} in {Path(package).name} was linked with its own copy of libstdc++ "
-                "(it defines std::locale::id::_M_id), which crashes the process that loads it "
-                "(docs/DEPLOYMENT.md); package it again with a compiler that links the shared "
-                "libstdc++, e.g. CXX=/usr/bin/g++ python -m export aoti ..."
-            )
+    with archive:
+        for name in archive.namelist():
+            if name.endswith(".so") and LOCALE_ID_SYMBOL in _library_symbols(archive, package, name):
+                return (
+                    f"{Path(name).name} in {Path(package).name} was linked with its own copy of libstdc++ "
+                    "(it defines std::locale::id::_M_id), which crashes the process that loads it "
+                    "(docs/DEPLOYMENT.md); package it again with a compiler that links the shared "
+                    "libstdc++, e.g. CXX=/usr/bin/g++ python -m export aoti ..."
+                )
     return None
+
+
+def _library_symbols(archive: zipfile.ZipFile, package: str | Path, name: str) -> set[bytes]:
+    """``defined_dynamic_symbols`` of one archive member, read in place (no extraction)."""
+    try:
+        with archive.open(name) as library:
+            return defined_dynamic_symbols(library)
+    except (ValueError, struct.error, IndexError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{package}: {name} is not a valid shared library ({error})") from error
