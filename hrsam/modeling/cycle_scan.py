@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrsam.ops.selective_scan import selective_scan
+from hrsam.ops.selective_scan import cycle, selective_scan
 from hrsam.ops.selective_scan.reference import selective_scan_chunked
 
 # Steps per chunk of the portable (standard-op) scan: the exported graph unrolls L / 2048 chunks
@@ -111,22 +111,26 @@ class CycleScan(nn.Module):
         batch, length, dim = u.shape
         dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         dt, B, C = ssm.split([dim, self.state_dim, self.state_dim], dim=-1)
+        A, D = -torch.exp(self.A_log.to(dtype)), self.D.to(dtype)
+        dt_bias, gamma = self.dt_bias.to(dtype), self.gamma.to(dtype)
+
+        def channels_first(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, Ls]
+            return t.transpose(1, 2).to(dtype)
+
+        if not self.portable and cycle.cycle_kernel_unsupported(u, dt, B, C, A, D, dt_bias, gamma) is None:
+            # Same function, L steps instead of repeats * L (hrsam.ops.selective_scan.cycle).
+            y = cycle.cycle_scan(
+                channels_first(u), channels_first(dt), A, channels_first(B), channels_first(C), D, dt_bias,
+                gamma[:, :, 0], delta_softplus=True,
+            )  # fmt: skip
+            return y.transpose(1, 2)
 
         def tiled(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, repeats * Ls], copy-major
-            return t.transpose(1, 2).to(dtype).repeat(1, 1, self.repeats)
+            return channels_first(t).repeat(1, 1, self.repeats)
 
         scan = self._portable_scan if self.portable else selective_scan
-        y = scan(
-            tiled(u),
-            tiled(dt),
-            -torch.exp(self.A_log.to(dtype)),
-            tiled(B),
-            tiled(C),
-            self.D.to(dtype),
-            self.dt_bias.to(dtype),
-            delta_softplus=True,
-        )
-        y = (y.view(batch, dim, self.repeats, length) * self.gamma.to(dtype)).sum(dim=2)
+        y = scan(tiled(u), tiled(dt), A, tiled(B), tiled(C), D, dt_bias, delta_softplus=True)
+        y = (y.view(batch, dim, self.repeats, length) * gamma).sum(dim=2)
         return y.transpose(1, 2)
 
     @staticmethod

@@ -34,7 +34,8 @@ class Backend:
     run: Callable[..., object]
 
 
-def _forced(op: str) -> str | None:
+def forced_backend(op: str) -> str | None:
+    """The backend ``use_backend`` or ``HRSAM_<OP>_BACKEND`` forces for ``op``, or None."""
     stack = getattr(_overrides, "stack", {})
     if op in stack:
         return stack[op]
@@ -72,7 +73,7 @@ def log_once(op: str, message: str, level: int = logging.WARNING) -> None:
 
 def choose(op: str, backends: list[Backend], *args: object) -> Backend:
     """Pick the backend for these inputs: the forced one if it can run them, else the first that can."""
-    forced = _forced(op)
+    forced = forced_backend(op)
     if forced is not None:
         names = [b.name for b in backends]
         if forced not in names:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ COMPILE_FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-s
 LINK_FLAGS = ("-shared", "-fopenmp")
 LINK_LIBRARIES = ("-lm",)  # glibc's libm.so pulls in libmvec (the vector expf) as needed
 SYMBOL = "hrsam_selective_scan_f32"
+CYCLE_SYMBOL = "hrsam_cycle_scan_f32"  # the Cycle-scan's weighted scan of a repeated sequence
 # A build that has not finished after this long is treated as a failure, not waited on forever.
 BUILD_TIMEOUT_S = 300
 OP = "selective_scan"
@@ -156,23 +158,32 @@ def build(compiler: list[str], directory: Path) -> tuple[Path, bool]:
     return target, True
 
 
-def _bind(path: Path) -> Callable[..., int]:
-    """Load the library and declare the entry point's C signature."""
+class Kernels(NamedTuple):
+    """The library's two entry points (C signatures in ``cpu_scan.c``)."""
+
+    scan: Callable[..., int]
+    cycle: Callable[..., int]
+
+
+def _bind(path: Path) -> Kernels:
+    """Load the library and declare the entry points' C signatures."""
     try:
-        function = getattr(ctypes.CDLL(str(path)), SYMBOL)
+        library = ctypes.CDLL(str(path))
+        scan, cycle = getattr(library, SYMBOL), getattr(library, CYCLE_SYMBOL)
     except (OSError, AttributeError) as error:
         raise BuildError(f"cannot load {path.name} ({error})") from error
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
-    return function
+    scan.restype = cycle.restype = ctypes.c_int
+    scan.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+    cycle.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int]
+    return Kernels(scan, cycle)
 
 
 _lock = threading.Lock()
-_loaded: tuple[Callable[..., int] | None, str | None] | None = None
+_loaded: tuple[Kernels | None, str | None] | None = None
 
 
-def _kernel() -> tuple[Callable[..., int] | None, str | None]:
-    """(entry point, None) or (None, why not); built and loaded once per process, under a lock."""
+def _kernel() -> tuple[Kernels | None, str | None]:
+    """(entry points, None) or (None, why not); built and loaded once per process, under a lock."""
     global _loaded
     with _lock:
         if _loaded is None:
@@ -220,16 +231,52 @@ def forward(
     delta_softplus: bool,
 ) -> Tensor:
     """y [batch, dim, L] in u's dtype; inputs converted to contiguous float32 (no copy if they are)."""
-    function, reason = _kernel()
-    if function is None:
-        raise RuntimeError(f"hrsam::{OP}: the CPU kernel is unavailable ({reason})")
+    kernels = _loaded_kernels()
     args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
     y = torch.empty(u.shape, dtype=torch.float32)
     batch, dim, seqlen = u.shape
-    status = function(
+    status = kernels.scan(
         *(t.data_ptr() for t in (*args, y)), batch, dim, A.shape[1], seqlen, int(delta_softplus),
         torch.get_num_threads(),
     )
+    _check_status(status)
+    return y.to(u.dtype)
+
+
+def cycle_forward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    weights: Tensor,
+    delta_softplus: bool,
+) -> Tensor:
+    """The Cycle-scan's weighted scan (``hrsam.ops.selective_scan.cycle``), y [batch, dim, L] in u's dtype.
+
+    Two passes over L instead of one over R L (``cpu_scan.c``, ``cycle_block``).
+    """
+    kernels = _loaded_kernels()
+    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias, weights)]
+    y = torch.empty(u.shape, dtype=torch.float32)
+    batch, dim, seqlen = u.shape
+    status = kernels.cycle(
+        *(t.data_ptr() for t in (*args, y)), batch, dim, A.shape[1], seqlen, weights.shape[1],
+        int(delta_softplus), torch.get_num_threads(),
+    )  # fmt: skip
+    _check_status(status)
+    return y.to(u.dtype)
+
+
+def _loaded_kernels() -> Kernels:
+    kernels, reason = _kernel()
+    if kernels is None:
+        raise RuntimeError(f"hrsam::{OP}: the CPU kernel is unavailable ({reason})")
+    return kernels
+
+
+def _check_status(status: int) -> None:
     if status != 0:
         raise MemoryError(f"hrsam::{OP}: the CPU kernel could not allocate its per-thread workspace")
-    return y.to(u.dtype)

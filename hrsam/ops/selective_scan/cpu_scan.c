@@ -61,6 +61,8 @@ typedef struct {
     float *y;
     int64_t batch, dim, dstate, seqlen;
     int softplus;
+    const float *weights; /* cycle scan only: [dim, repeats] copy weights, else NULL */
+    int64_t repeats;
 } scan_args;
 
 typedef struct {
@@ -92,9 +94,10 @@ static void *workspace_alloc(workspace *w, int64_t dstate) {
 /* softplus(x) without overflow for any finite x: max(x, 0) + log1p(exp(-|x|)). */
 static inline float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
-/* Load steps [t0, t0 + steps) of channels [d0, d0 + width) into w->ut / w->dt / w->dtu. */
+/* Load steps [t0, t0 + steps) of channels [d0, d0 + width) into w->ut / w->dt / w->dtu, u times
+ * scale[c] (all ones for the plain scan). */
 static void load_tile(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width, int64_t t0,
-                      int steps) {
+                      int steps, const float *scale) {
     float *restrict ut = w->ut, *restrict dt = w->dt, *restrict dtu = w->dtu;
     memset(ut, 0, sizeof(float) * TILE * LANES);
     memset(dt, 0, sizeof(float) * TILE * LANES);
@@ -103,7 +106,7 @@ static void load_tile(const scan_args *s, const workspace *w, int64_t b, int64_t
         const float *drow = s->delta + ((b * s->dim) + d0 + c) * s->seqlen + t0;
         float bias = s->bias[d0 + c];
         for (int t = 0; t < steps; t++) {
-            ut[t * LANES + c] = urow[t];
+            ut[t * LANES + c] = urow[t] * scale[c];
             dt[t * LANES + c] = drow[t] + bias;
         }
     }
@@ -141,6 +144,26 @@ static void scan_tile(const scan_args *s, const workspace *w, int64_t b, int64_t
     }
 }
 
+/* Advance the block's state over one tile without outputs; dtsum[c] += the tile's dt. */
+static void advance_tile(const scan_args *s, const workspace *w, int64_t b, int64_t t0, int steps, float *dtsum) {
+    const int64_t N = s->dstate, L = s->seqlen;
+    const float *restrict Bb = s->B + b * N * L + t0;
+    const float *restrict a = w->a;
+    float *restrict h = w->h;
+    for (int t = 0; t < steps; t++) {
+        const float *restrict dt = w->dt + t * LANES;
+        const float *restrict dtu = w->dtu + t * LANES;
+        for (int64_t n = 0; n < N; n++) {
+            const float bn = Bb[n * L + t];
+            float *restrict hn = h + n * LANES;
+            const float *restrict an = a + n * LANES;
+#pragma omp simd aligned(hn, an : ALIGN)
+            for (int c = 0; c < LANES; c++) hn[c] = expf(dt[c] * an[c]) * hn[c] + dtu[c] * bn;
+        }
+        for (int c = 0; c < LANES; c++) dtsum[c] += dt[c];
+    }
+}
+
 /* Write the tile's outputs y = yt + D u back to [batch, dim, L]. */
 static void store_tile(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width, int64_t t0,
                        int steps) {
@@ -151,31 +174,71 @@ static void store_tile(const scan_args *s, const workspace *w, int64_t b, int64_
     }
 }
 
-/* Scan one (batch, channel block) work item over the whole sequence. */
-static void scan_block(const scan_args *s, const workspace *w, int64_t b, int64_t d0) {
+/* Scan the sequence from the state in w->h, with u times scale[c], writing y. */
+static void scan_outputs(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width,
+                         const float *scale) {
+    for (int64_t t0 = 0; t0 < s->seqlen; t0 += TILE) {
+        const int steps = (int)(s->seqlen - t0 < TILE ? s->seqlen - t0 : TILE);
+        load_tile(s, w, b, d0, width, t0, steps, scale);
+        scan_tile(s, w, b, t0, steps);
+        store_tile(s, w, b, d0, width, t0, steps);
+    }
+}
+
+/* Zero state, and the block's A transposed into the lanes; returns the block's width. */
+static int start_block(const scan_args *s, const workspace *w, int64_t d0) {
     const int64_t N = s->dstate;
     const int width = (int)(s->dim - d0 < LANES ? s->dim - d0 : LANES);
     memset(w->h, 0, sizeof(float) * (size_t)N * LANES);
     memset(w->a, 0, sizeof(float) * (size_t)N * LANES);
     for (int c = 0; c < width; c++)
         for (int64_t n = 0; n < N; n++) w->a[n * LANES + c] = s->A[(d0 + c) * N + n];
-    for (int64_t t0 = 0; t0 < s->seqlen; t0 += TILE) {
-        const int steps = (int)(s->seqlen - t0 < TILE ? s->seqlen - t0 : TILE);
-        load_tile(s, w, b, d0, width, t0, steps);
-        scan_tile(s, w, b, t0, steps);
-        store_tile(s, w, b, d0, width, t0, steps);
-    }
+    return width;
 }
 
-/* Entry point (ctypes). All arrays contiguous float32: u, delta, y [batch, dim, L]; A [dim, N];
- * B, C [batch, N, L]; D, delta_bias [dim]; threads: OpenMP threads (values below 1 mean 1).
- * Returns 0, or 1 when a thread could not allocate its workspace (y is then incomplete). */
-int hrsam_selective_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
-                             const float *D, const float *delta_bias, float *y, int64_t batch, int64_t dim,
-                             int64_t dstate, int64_t seqlen, int softplus, int threads) {
-    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus};
-    const int64_t blocks = (dim + LANES - 1) / LANES;
-    const int64_t items = batch * blocks;
+/* Scan one (batch, channel block) work item over the whole sequence. */
+static void scan_block(const scan_args *s, const workspace *w, int64_t b, int64_t d0) {
+    static const float ones[LANES] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                      1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    scan_outputs(s, w, b, d0, start_block(s, w, d0), ones);
+}
+
+/* The Cycle-scan's weighted scan of the sequence repeated R times, in two passes over L (see
+ * hrsam/ops/selective_scan/cycle.py for why it is exact): pass 1 finds copy 0's final state
+ * h_L and total decay P_L = exp(A sum dt); the weighted sum of the copies' states then follows the
+ * ordinary scan of W u (W = sum_k w_k) from S = h_L G, G = sum_k w_k (1 + P_L + ... + P_L^(k-1)). */
+static void cycle_block(const scan_args *s, const workspace *w, int64_t b, int64_t d0) {
+    const int64_t N = s->dstate, R = s->repeats;
+    const int width = start_block(s, w, d0);
+    float unit[LANES], total[LANES] = {0}, dtsum[LANES] = {0};
+    for (int c = 0; c < LANES; c++) unit[c] = 1.0f;
+    for (int64_t t0 = 0; t0 < s->seqlen; t0 += TILE) {
+        const int steps = (int)(s->seqlen - t0 < TILE ? s->seqlen - t0 : TILE);
+        load_tile(s, w, b, d0, width, t0, steps, unit);
+        advance_tile(s, w, b, t0, steps, dtsum);
+    }
+    for (int c = 0; c < width; c++)
+        for (int64_t k = 0; k < R; k++) total[c] += s->weights[(d0 + c) * R + k];
+    for (int64_t n = 0; n < N; n++) {
+        for (int c = 0; c < width; c++) {
+            const float decay = expf(w->a[n * LANES + c] * dtsum[c]);
+            float gain = 0.0f, geometric = 0.0f;
+            for (int64_t k = 0; k < R; k++) {
+                gain += s->weights[(d0 + c) * R + k] * geometric;
+                geometric = geometric * decay + 1.0f;
+            }
+            w->h[n * LANES + c] *= gain;
+        }
+    }
+    scan_outputs(s, w, b, d0, width, total);
+}
+
+/* Run block(s, w, b, d0) for every (batch, channel block) work item on `threads` OpenMP threads;
+ * returns 0, or 1 when a thread could not allocate its workspace (y is then incomplete). */
+static int run_blocks(const scan_args *s, void (*block)(const scan_args *, const workspace *, int64_t, int64_t),
+                      int threads) {
+    const int64_t blocks = (s->dim + LANES - 1) / LANES;
+    const int64_t items = s->batch * blocks;
     int failed = 0;
     if (threads < 1) threads = 1;
 #pragma omp parallel num_threads(threads) if (threads > 1 && items > 1) reduction(| : failed)
@@ -185,15 +248,35 @@ int hrsam_selective_scan_f32(const float *u, const float *delta, const float *A,
         _mm_setcsr(saved_mode | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
 #endif
         workspace w;
-        void *memory = workspace_alloc(&w, dstate);
+        void *memory = workspace_alloc(&w, s->dstate);
         failed |= memory == NULL;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; item++)
-            if (memory != NULL) scan_block(&s, &w, item / blocks, item % blocks * LANES);
+            if (memory != NULL) block(s, &w, item / blocks, item % blocks * LANES);
         free(memory);
 #ifdef HAVE_MXCSR
         _mm_setcsr(saved_mode);
 #endif
     }
     return failed;
+}
+
+/* Entry point (ctypes). All arrays contiguous float32: u, delta, y [batch, dim, L]; A [dim, N];
+ * B, C [batch, N, L]; D, delta_bias [dim]; threads: OpenMP threads (values below 1 mean 1).
+ * Returns 0, or 1 when a thread could not allocate its workspace (y is then incomplete). */
+int hrsam_selective_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
+                             const float *D, const float *delta_bias, float *y, int64_t batch, int64_t dim,
+                             int64_t dstate, int64_t seqlen, int softplus, int threads) {
+    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, NULL, 0};
+    return run_blocks(&s, scan_block, threads);
+}
+
+/* Entry point (ctypes): the Cycle-scan's weighted scan of the sequence repeated `repeats` times,
+ * y [batch, dim, L] = sum_k weights[:, k] * (the scan of the tiled sequence's copy k); weights
+ * [dim, repeats]; the other arrays as hrsam_selective_scan_f32's, untiled. */
+int hrsam_cycle_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
+                         const float *D, const float *delta_bias, const float *weights, float *y, int64_t batch,
+                         int64_t dim, int64_t dstate, int64_t seqlen, int64_t repeats, int softplus, int threads) {
+    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, weights, repeats};
+    return run_blocks(&s, cycle_block, threads);
 }

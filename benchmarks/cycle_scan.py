@@ -1,0 +1,101 @@
+"""The Cycle-scan's scan on CPUs: tiled (R L steps, the model's form without the kernel) vs ``hrsam::cycle_scan``.
+
+    PYTHONPATH=. python benchmarks/cycle_scan.py --encoder --out cycle.md
+
+Per case, batch 1, N 32, R 3, float32 (the Cycle-scan always scans float32): the tiled form as
+``CycleScan`` computes it without the kernel (``selective_scan`` on the repeated inputs, the C
+kernel, then the weighted sum of the copies) against ``cycle_scan`` (the C kernel's two passes over
+L), and the difference of the two outputs relative to max |tiled|; hrsam_tiny's width (192) at 512
+and 1024 input and ViT-B's (768) at 1024; wall-clock median (best) of ``--repeats`` calls after a
+warm-up, with ``torch.get_num_threads()`` threads. ``--encoder`` adds the whole hrsam_tiny encoder
+at 1024 in eager inference with the kernel and with the tiled scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.cpu_scan import cpu_model  # noqa: E402
+from hrsam.modeling.interactive import build_model  # noqa: E402
+from hrsam.ops.selective_scan import cycle, selective_scan  # noqa: E402
+from hrsam.ops.selective_scan.cycle import cycle_scan  # noqa: E402
+from tests.test_selective_scan import make_inputs  # noqa: E402
+
+CPU_CASES = [("hrsam_tiny 512", 192, 1024), ("hrsam_tiny 1024", 192, 4096), ("ViT-B 1024", 768, 4096)]
+
+
+def tiled(inputs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """The definition as the module computes it without the kernel."""
+    u, delta, A, B, C, D, bias = inputs
+    repeats, (batch, dim, length) = weights.shape[1], u.shape
+    u_r, delta_r, B_r, C_r = (t.repeat(1, 1, repeats) for t in (u, delta, B, C))
+    y = selective_scan(u_r, delta_r, A, B_r, C_r, D, bias)
+    return (y.view(batch, dim, repeats, length) * weights[:, :, None]).sum(dim=2)
+
+
+def wall_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median, best) wall time in ms after one warm-up call (CPUs here are shared: best shows a quiet core)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def measure(name: str, dim: int, length: int, repeats: int) -> list[object]:
+    inputs = make_inputs(1, dim, 32, length, torch.float32)
+    weights = torch.rand(dim, 3) + 0.5
+    calls = (lambda: tiled(inputs, weights), lambda: cycle_scan(*inputs, weights))
+    with torch.no_grad():
+        want, got = (call() for call in calls)
+        (tiled_ms, tiled_best), (cycle_ms, cycle_best) = (wall_ms(call, repeats) for call in calls)
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    return [name, dim, length, f"{tiled_ms:.1f} ({tiled_best:.1f})", f"{cycle_ms:.1f} ({cycle_best:.1f})",
+            f"{tiled_ms / cycle_ms:.2f}x", f"{error:.1e}"]  # fmt: skip
+
+
+def encoder_rows(repeats: int) -> list[list[object]]:
+    """hrsam_tiny's encoder at 1024, eager inference on the CPU, with the kernel and with the tiled scan."""
+    encoder = build_model("hrsam_tiny").encoder.eval()
+    image = torch.randn(1, 3, 1024, 1024)
+    rows = []
+    for label, disabled in (("cycle_scan kernel", False), ("tiled scan", True)):
+        with torch.inference_mode(), mock.patch.object(cycle, "_DISABLED", disabled):
+            median, best = wall_ms(lambda: encoder(image), repeats)
+        rows.append(["hrsam_tiny encoder, 1024", label, f"{median:.0f} ({best:.0f})"])
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per case")
+    parser.add_argument("--encoder", action="store_true", help="also the hrsam_tiny encoder at 1024")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = [measure(name, dim, length, args.repeats) for name, dim, length in CPU_CASES]
+    header = ["sequence", "dim", "L", "tiled ms, median (best)", "cycle_scan ms", "speed-up", "max rel. diff"]
+    text = f"- {cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} threads; float32, N 32, R 3\n\n"
+    text += markdown_table(header, rows) + "\n"
+    if args.encoder:
+        text += "\n" + markdown_table(["model", "scan", "ms, median (best)"], encoder_rows(3)) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
