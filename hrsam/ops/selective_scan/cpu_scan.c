@@ -95,7 +95,7 @@ static void *workspace_alloc(workspace *w, int64_t dstate) {
 static inline float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
 /* Load steps [t0, t0 + steps) of channels [d0, d0 + width) into w->ut / w->dt / w->dtu, u times
- * scale[c] (all ones for the plain scan). */
+ * scale[c] when scale is not NULL. */
 static void load_tile(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width, int64_t t0,
                       int steps, const float *scale) {
     float *restrict ut = w->ut, *restrict dt = w->dt, *restrict dtu = w->dtu;
@@ -104,9 +104,9 @@ static void load_tile(const scan_args *s, const workspace *w, int64_t b, int64_t
     for (int c = 0; c < width; c++) {
         const float *urow = s->u + ((b * s->dim) + d0 + c) * s->seqlen + t0;
         const float *drow = s->delta + ((b * s->dim) + d0 + c) * s->seqlen + t0;
-        float bias = s->bias[d0 + c];
+        float bias = s->bias[d0 + c], factor = scale != NULL ? scale[c] : 1.0f;
         for (int t = 0; t < steps; t++) {
-            ut[t * LANES + c] = urow[t] * scale[c];
+            ut[t * LANES + c] = urow[t] * factor;
             dt[t * LANES + c] = drow[t] + bias;
         }
     }
@@ -174,7 +174,7 @@ static void store_tile(const scan_args *s, const workspace *w, int64_t b, int64_
     }
 }
 
-/* Scan the sequence from the state in w->h, with u times scale[c], writing y. */
+/* Scan the sequence from the state in w->h, with u times scale[c] (scale NULL: u), writing y. */
 static void scan_outputs(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width,
                          const float *scale) {
     for (int64_t t0 = 0; t0 < s->seqlen; t0 += TILE) {
@@ -198,9 +198,7 @@ static int start_block(const scan_args *s, const workspace *w, int64_t d0) {
 
 /* Scan one (batch, channel block) work item over the whole sequence. */
 static void scan_block(const scan_args *s, const workspace *w, int64_t b, int64_t d0) {
-    static const float ones[LANES] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-                                      1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    scan_outputs(s, w, b, d0, start_block(s, w, d0), ones);
+    scan_outputs(s, w, b, d0, start_block(s, w, d0), NULL);
 }
 
 /* The Cycle-scan's weighted scan of the sequence repeated R times, in two passes over L (see
@@ -210,11 +208,10 @@ static void scan_block(const scan_args *s, const workspace *w, int64_t b, int64_
 static void cycle_block(const scan_args *s, const workspace *w, int64_t b, int64_t d0) {
     const int64_t N = s->dstate, R = s->repeats;
     const int width = start_block(s, w, d0);
-    float unit[LANES], total[LANES] = {0}, dtsum[LANES] = {0};
-    for (int c = 0; c < LANES; c++) unit[c] = 1.0f;
+    float total[LANES] = {0}, dtsum[LANES] = {0};
     for (int64_t t0 = 0; t0 < s->seqlen; t0 += TILE) {
         const int steps = (int)(s->seqlen - t0 < TILE ? s->seqlen - t0 : TILE);
-        load_tile(s, w, b, d0, width, t0, steps, unit);
+        load_tile(s, w, b, d0, width, t0, steps, NULL);
         advance_tile(s, w, b, t0, steps, dtsum);
     }
     for (int c = 0; c < width; c++)
