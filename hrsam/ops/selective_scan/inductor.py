@@ -1,10 +1,9 @@
-"""The selective scan in a form Inductor compiles (``hrsam.ops.lowering`` says when it is used).
+"""The selective scan in a form Inductor compiles, for AOTInductor packages (``hrsam.ops.lowering``).
 
 * CUDA: ``hrsam::selective_scan_triton``, a ``torch.library.triton_op`` around the same chunked
-  Triton kernels and launcher as the eager ``triton`` backend. Inductor traces into it, so the
-  kernels become part of the compiled graph (and of an AOTInductor package, as cubins) and the
-  layout copies around them fuse with the Cycle-scan's own elementwise work. ``torch.export``
-  keeps a triton_op as one node; AOTInductor decomposes it when it compiles.
+  Triton kernels and launcher as the eager ``triton`` backend. ``torch.export`` keeps a triton_op
+  as one node; AOTInductor traces into it, so the kernels become cubins inside the package and
+  no Python runs them.
 * other devices: the chunked torch reference with few, large chunks (the reference's GPU chunk
   rule), so the traced graph stays small; Inductor turns it into C++ loops.
 """

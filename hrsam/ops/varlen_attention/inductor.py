@@ -1,4 +1,4 @@
-"""Block-diagonal attention in a form Inductor compiles (``hrsam.ops.lowering`` says when).
+"""Block-diagonal attention in a form Inductor compiles, for AOTInductor packages (``hrsam.ops.lowering``).
 
 * CUDA (fp16 / bf16 / fp32, head dim a multiple of 8 up to 256): the eager ``torch`` backend's
   calls themselves, ``aten::_flash_attention_forward`` / ``aten::_efficient_attention_forward``
