@@ -14,10 +14,7 @@ at 1024 in eager inference with the kernel and with the tiled scan.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -26,42 +23,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table  # noqa: E402
-from benchmarks.cpu_scan import cpu_model  # noqa: E402
+from benchmarks.cpu_scan import cpu_model, timed_ms  # noqa: E402
 from hrsam.modeling.interactive import build_model  # noqa: E402
 from hrsam.ops.selective_scan import cycle, selective_scan  # noqa: E402
-from hrsam.ops.selective_scan.cycle import cycle_scan  # noqa: E402
+from hrsam.ops.selective_scan.cycle import cycle_scan, cycle_scan_tiled  # noqa: E402
 from tests.test_selective_scan import make_inputs  # noqa: E402
 
 CPU_CASES = [("hrsam_tiny 512", 192, 1024), ("hrsam_tiny 1024", 192, 4096), ("ViT-B 1024", 768, 4096)]
 
 
-def tiled(inputs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """The definition as the module computes it without the kernel."""
-    u, delta, A, B, C, D, bias = inputs
-    repeats, (batch, dim, length) = weights.shape[1], u.shape
-    u_r, delta_r, B_r, C_r = (t.repeat(1, 1, repeats) for t in (u, delta, B, C))
-    y = selective_scan(u_r, delta_r, A, B_r, C_r, D, bias)
-    return (y.view(batch, dim, repeats, length) * weights[:, :, None]).sum(dim=2)
-
-
-def wall_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median, best) wall time in ms after one warm-up call (CPUs here are shared: best shows a quiet core)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), min(times)
-
-
 def measure(name: str, dim: int, length: int, repeats: int) -> list[object]:
     inputs = make_inputs(1, dim, 32, length, torch.float32)
     weights = torch.rand(dim, 3) + 0.5
-    calls = (lambda: tiled(inputs, weights), lambda: cycle_scan(*inputs, weights))
+    calls = (
+        lambda: cycle_scan_tiled(*inputs, weights, True, scan=selective_scan),  # as the model without the kernel
+        lambda: cycle_scan(*inputs, weights),
+    )
     with torch.no_grad():
         want, got = (call() for call in calls)
-        (tiled_ms, tiled_best), (cycle_ms, cycle_best) = (wall_ms(call, repeats) for call in calls)
+        (tiled_ms, tiled_best), (cycle_ms, cycle_best) = (timed_ms(call, repeats) for call in calls)
     error = ((got - want).abs().max() / want.abs().max()).item()
     return [name, dim, length, f"{tiled_ms:.1f} ({tiled_best:.1f})", f"{cycle_ms:.1f} ({cycle_best:.1f})",
             f"{tiled_ms / cycle_ms:.2f}x", f"{error:.1e}"]  # fmt: skip
@@ -74,7 +54,7 @@ def encoder_rows(repeats: int) -> list[list[object]]:
     rows = []
     for label, disabled in (("cycle_scan kernel", False), ("tiled scan", True)):
         with torch.inference_mode(), mock.patch.object(cycle, "_DISABLED", disabled):
-            median, best = wall_ms(lambda: encoder(image), repeats)
+            median, best = timed_ms(lambda: encoder(image), repeats)
         rows.append(["hrsam_tiny encoder, 1024", label, f"{median:.0f} ({best:.0f})"])
     return rows
 

@@ -31,6 +31,7 @@ scan backend forced (``use_backend`` / ``HRSAM_SELECTIVE_SCAN_BACKEND``);
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -54,15 +55,20 @@ def cycle_scan_tiled(
     delta_bias: Tensor,
     weights: Tensor,
     delta_softplus: bool,
+    scan: Callable[..., Tensor] = selective_scan_chunked,
 ) -> Tensor:
-    """The definition, with the chunked reference scan over the tiled sequence (tests, any device)."""
+    """The definition: ``scan`` (default the chunked reference, any device) over the tiled sequence.
+
+    Benchmarks pass ``hrsam.ops.selective_scan.selective_scan`` to time the tiled form the model
+    runs without the kernel.
+    """
     batch, dim, length = u.shape
     repeats = weights.shape[1]
 
     def tile(t: Tensor) -> Tensor:
         return t.repeat(1, 1, repeats)
 
-    y = selective_scan_chunked(tile(u), tile(delta), A, tile(B), tile(C), D, delta_bias, delta_softplus)
+    y = scan(tile(u), tile(delta), A, tile(B), tile(C), D, delta_bias, delta_softplus)
     return (y.view(batch, dim, repeats, length) * weights[:, :, None].to(y.dtype)).sum(dim=2)
 
 
