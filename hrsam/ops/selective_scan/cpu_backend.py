@@ -231,16 +231,9 @@ def forward(
     delta_softplus: bool,
 ) -> Tensor:
     """y [batch, dim, L] in u's dtype; inputs converted to contiguous float32 (no copy if they are)."""
-    kernels = _loaded_kernels()
-    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
-    y = torch.empty(u.shape, dtype=torch.float32)
     batch, dim, seqlen = u.shape
-    status = kernels.scan(
-        *(t.data_ptr() for t in (*args, y)), batch, dim, A.shape[1], seqlen, int(delta_softplus),
-        torch.get_num_threads(),
-    )
-    _check_status(status)
-    return y.to(u.dtype)
+    sizes = (batch, dim, A.shape[1], seqlen)
+    return _call(_loaded_kernels().scan, (u, delta, A, B, C, D, delta_bias), *sizes, int(delta_softplus))
 
 
 def cycle_forward(
@@ -258,15 +251,22 @@ def cycle_forward(
 
     Two passes over L instead of one over R L (``cpu_scan.c``, ``cycle_block``).
     """
-    kernels = _loaded_kernels()
-    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias, weights)]
-    y = torch.empty(u.shape, dtype=torch.float32)
     batch, dim, seqlen = u.shape
-    status = kernels.cycle(
-        *(t.data_ptr() for t in (*args, y)), batch, dim, A.shape[1], seqlen, weights.shape[1],
-        int(delta_softplus), torch.get_num_threads(),
-    )  # fmt: skip
-    _check_status(status)
+    sizes = (batch, dim, A.shape[1], seqlen, weights.shape[1])
+    inputs = (u, delta, A, B, C, D, delta_bias, weights)
+    return _call(_loaded_kernels().cycle, inputs, *sizes, int(delta_softplus))
+
+
+def _call(entry: Callable[..., int], inputs: tuple[Tensor, ...], *scalars: int) -> Tensor:
+    """Run a C entry point on contiguous float32 copies of ``inputs`` (u first) into a new y; u's dtype back.
+
+    The C signatures are (input pointers..., y, scalars..., threads); returns 0 or 1 (out of memory).
+    """
+    u = inputs[0]
+    args = [t.to(torch.float32).contiguous() for t in inputs]
+    y = torch.empty(u.shape, dtype=torch.float32)
+    if entry(*(t.data_ptr() for t in (*args, y)), *scalars, torch.get_num_threads()) != 0:
+        raise MemoryError(f"hrsam::{OP}: the CPU kernel could not allocate its per-thread workspace")
     return y.to(u.dtype)
 
 
@@ -275,8 +275,3 @@ def _loaded_kernels() -> Kernels:
     if kernels is None:
         raise RuntimeError(f"hrsam::{OP}: the CPU kernel is unavailable ({reason})")
     return kernels
-
-
-def _check_status(status: int) -> None:
-    if status != 0:
-        raise MemoryError(f"hrsam::{OP}: the CPU kernel could not allocate its per-thread workspace")
