@@ -1,14 +1,20 @@
-"""The Cycle-scan's scan on CPUs: tiled (R L steps, the model's form without the kernel) vs ``hrsam::cycle_scan``.
+"""The Cycle-scan's scan: tiled (R L steps, the model's form without the kernel) vs ``hrsam::cycle_scan``.
 
-    PYTHONPATH=. python benchmarks/cycle_scan.py --encoder --out cycle.md
+    PYTHONPATH=. python benchmarks/cycle_scan.py --encoder --out cycle.md   # a CPU
+    PYTHONPATH=. python benchmarks/cycle_scan.py --device cuda --out c.md   # the GPU machine
 
 Per case, batch 1, N 32, R 3, float32 (the Cycle-scan always scans float32): the tiled form as
-``CycleScan`` computes it without the kernel (``selective_scan`` on the repeated inputs, the C
-kernel, then the weighted sum of the copies) against ``cycle_scan`` (the C kernel's two passes over
-L), and the difference of the two outputs relative to max |tiled|; hrsam_tiny's width (192) at 512
-and 1024 input and ViT-B's (768) at 1024; wall-clock median (best) of ``--repeats`` calls after a
-warm-up, with ``torch.get_num_threads()`` threads. ``--encoder`` adds the whole hrsam_tiny encoder
-at 1024 in eager inference with the kernel and with the tiled scan.
+``CycleScan`` computes it without the kernel (``selective_scan`` on the repeated inputs, then the
+weighted sum of the copies) against ``cycle_scan``, and the difference of the two outputs relative
+to max |tiled|.
+
+- CPU (default): the C kernel both ways; hrsam_tiny's width (192) at 512 and 1024 input and
+  ViT-B's (768) at 1024; wall-clock median (best) of ``--repeats`` calls after a warm-up, with
+  ``torch.get_num_threads()`` threads. ``--encoder`` adds the whole hrsam_tiny encoder at 1024 in
+  eager inference with the kernel and with the tiled scan.
+- CUDA (``--device cuda``): our Triton backend against ``triton_cycle``; ViT-B's width at HRSAM's
+  token counts (1024 input 4096, 2048 input 16384, HRSAM++'s multi-scale sequence at 2048 16384 +
+  1024 and its 512 anchor 1024); CUDA-graph medians of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -22,29 +28,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.common import cuda_graph_median_ms, environment, markdown_table  # noqa: E402
 from benchmarks.cpu_scan import cpu_model, timed_ms  # noqa: E402
 from hrsam.modeling.interactive import build_model  # noqa: E402
 from hrsam.ops.selective_scan import cycle, selective_scan  # noqa: E402
 from hrsam.ops.selective_scan.cycle import cycle_scan, cycle_scan_tiled  # noqa: E402
 from tests.test_selective_scan import make_inputs  # noqa: E402
 
+CUDA_CASES = [("HRSAM 1024", 768, 4096), ("HRSAM 2048", 768, 16384),
+              ("HRSAM++ 2048 multi-scale", 768, 17408), ("HRSAM++ anchor", 768, 1024)]  # fmt: skip
 CPU_CASES = [("hrsam_tiny 512", 192, 1024), ("hrsam_tiny 1024", 192, 4096), ("ViT-B 1024", 768, 4096)]
 
 
-def measure(name: str, dim: int, length: int, repeats: int) -> list[object]:
-    inputs = make_inputs(1, dim, 32, length, torch.float32)
-    weights = torch.rand(dim, 3) + 0.5
+def measure(name: str, dim: int, length: int, device: str, repeats: int) -> list[object]:
+    inputs = [t.to(device) for t in make_inputs(1, dim, 32, length, torch.float32)]
+    weights = torch.rand(dim, 3, device=device) + 0.5
     calls = (
         lambda: cycle_scan_tiled(*inputs, weights, True, scan=selective_scan),  # as the model without the kernel
         lambda: cycle_scan(*inputs, weights),
     )
     with torch.no_grad():
         want, got = (call() for call in calls)
-        (tiled_ms, tiled_best), (cycle_ms, cycle_best) = (timed_ms(call, repeats) for call in calls)
+        if device == "cuda":
+            times = [cuda_graph_median_ms(call, iters=repeats) for call in calls]
+            cells = [f"{t:.3f}" for t in times]
+        else:
+            pairs = [timed_ms(call, repeats) for call in calls]
+            times, cells = [p[0] for p in pairs], [f"{p[0]:.1f} ({p[1]:.1f})" for p in pairs]
     error = ((got - want).abs().max() / want.abs().max()).item()
-    return [name, dim, length, f"{tiled_ms:.1f} ({tiled_best:.1f})", f"{cycle_ms:.1f} ({cycle_best:.1f})",
-            f"{tiled_ms / cycle_ms:.2f}x", f"{error:.1e}"]  # fmt: skip
+    return [name, dim, length, *cells, f"{times[0] / times[1]:.2f}x", f"{error:.1e}"]
 
 
 def encoder_rows(repeats: int) -> list[list[object]]:
@@ -61,15 +73,23 @@ def encoder_rows(repeats: int) -> list[list[object]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls per case")
-    parser.add_argument("--encoder", action="store_true", help="also the hrsam_tiny encoder at 1024")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 7 CPU, 30 CUDA)")
+    parser.add_argument("--encoder", action="store_true", help="CPU: also the hrsam_tiny encoder at 1024")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = [measure(name, dim, length, args.repeats) for name, dim, length in CPU_CASES]
-    header = ["sequence", "dim", "L", "tiled ms, median (best)", "cycle_scan ms", "speed-up", "max rel. diff"]
-    text = f"- {cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} threads; float32, N 32, R 3\n\n"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks/cycle_scan.py --device cuda needs a CUDA device", file=sys.stderr)
+        return 2
+    repeats = args.repeats or (30 if args.device == "cuda" else 7)
+    cases = CUDA_CASES if args.device == "cuda" else CPU_CASES
+    rows = [measure(name, dim, length, args.device, repeats) for name, dim, length in cases]
+    unit = "CUDA-graph median" if args.device == "cuda" else "median (best)"
+    header = ["sequence", "dim", "L", f"tiled ms, {unit}", "cycle_scan ms", "speed-up", "max rel. diff"]
+    where = environment() if args.device == "cuda" else f"{cpu_model()}; torch {torch.__version__}"
+    text = f"- {where}; {torch.get_num_threads()} threads; float32, N 32, R 3\n\n"
     text += markdown_table(header, rows) + "\n"
-    if args.encoder:
+    if args.encoder and args.device == "cpu":
         text += "\n" + markdown_table(["model", "scan", "ms, median (best)"], encoder_rows(3)) + "\n"
     print(text)
     if args.out:

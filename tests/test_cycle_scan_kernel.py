@@ -7,11 +7,23 @@ CPU: the C kernel (``cpu_scan.c``, two passes over L) in float32 within 1e-6 of 
 definition (one and several tiles, uneven dim / N / L, R = 1, 2, 3, softplus on and off), and the
 ``CycleScan`` module's eager CPU output through it equal to its tiled path (5e-6). When the model
 takes the kernel (``cycle_kernel_unsupported``), the errors ``cycle_scan`` raises, and that the
-export check reads the right flag inside real compile / export traces.
+export check reads the right flag inside real compile / export traces. The Triton kernels
+(``triton_cycle``) under Triton's interpreter (subprocess): float32 within 1e-6 of the definition
+on shapes with one and several chunks, bfloat16 within 2e-2, the module through them equal to its
+tiled path (5e-6); and a real sm_90 compile of the two new kernels (the interpreter does not
+type-check Triton code).
+
+GPU (marker ``gpu``): HRSAM's full-size call (dim 768, N 32, L 16384 and 4096, R 3) against the
+tiled Triton scan, and the HRSAM encoder's eager output with the kernel path against the tiled path.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -24,6 +36,68 @@ from hrsam.ops.selective_scan import cpu_backend, cycle
 from hrsam.ops.selective_scan.cycle import cycle_kernel_unsupported, cycle_scan, cycle_scan_tiled
 from tests.test_compiled import traced_values
 from tests.test_selective_scan import make_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+_INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import types
+
+    import torch
+    from hrsam.modeling.cycle_scan import CycleScan
+    from hrsam.ops.selective_scan import cycle, triton_cycle
+    from hrsam.ops.selective_scan.cycle import cycle_scan_tiled
+    from tests.test_selective_scan import make_inputs
+
+    def relative(got, want):
+        return ((got.double() - want).abs().max() / want.abs().max()).item()
+
+    # (batch, dim, N, L): several chunks with uneven everything; batch 2; one chunk only
+    for case in [(1, 40, 7, 150), (2, 64, 32, 333), (1, 32, 16, 64)]:
+        for repeats, softplus in [(1, True), (2, False), (3, True)]:
+            inputs = make_inputs(*case, torch.float32, positive_dt=not softplus, seed=repeats)
+            weights = torch.randn(case[1], repeats, generator=torch.Generator().manual_seed(repeats))
+            want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), softplus)
+            error = relative(triton_cycle.cycle_scan_triton(*inputs, weights, softplus), want)
+            assert error < 1e-6, (case, repeats, softplus, error)
+            print(f"{case} R={repeats} softplus={softplus}: {error:.1e}")
+    inputs = make_inputs(1, 40, 7, 150, torch.bfloat16, seed=5)
+    weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
+    want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), True)
+    error = relative(triton_cycle.cycle_scan_triton(*inputs, weights, True), want)
+    assert error < 2e-2, error
+    print(f"bfloat16: {error:.1e}")
+
+    # The module: its kernel path (forced on, as on a GPU) against its tiled path.
+    torch.manual_seed(0)
+    module = CycleScan(48, state_dim=8).eval()
+    torch.nn.init.normal_(module.gamma, mean=1.0, std=0.5)
+    x = torch.randn(2, 150, 48)
+    with torch.no_grad():
+        cycle._DISABLED = True
+        want = module(x)  # the tiled path
+        cycle._DISABLED = False
+        # CPU tensors reach the op's CPU branch: point it at the Triton launcher instead.
+        cycle.cpu_backend = types.SimpleNamespace(cycle_forward=triton_cycle.cycle_scan_triton)
+        cycle.cycle_kernel_unsupported = lambda *tensors: None
+        got = module(x)
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    assert error < 5e-6, error
+    print(f"module: {error:.1e}")
+    print("cycle ok")
+    """
+)
+
+
+def test_kernel_under_the_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cycle ok" in done.stdout, done.stdout
 
 
 def test_when_the_model_takes_the_kernel() -> None:
@@ -50,6 +124,11 @@ def test_when_the_model_takes_the_kernel() -> None:
         assert cycle_kernel_unsupported(u, *rest, weights) == cpu_reason
     meta = [t.to("meta") for t in (u, *rest, weights.detach())]
     assert "no L-step kernel for meta tensors" in cycle_kernel_unsupported(*meta)
+    with mock.patch.object(torch.Tensor, "is_cuda", property(lambda self: True)):
+        with mock.patch.object(cycle, "_KERNELS", None):
+            assert "needs Triton" in cycle_kernel_unsupported(u, *rest, weights.detach())
+        with mock.patch.object(cycle, "_KERNELS", object()):
+            assert cycle_kernel_unsupported(u, *rest, weights.detach()) is None
 
 
 def test_cycle_scan_names_bad_inputs() -> None:
@@ -94,3 +173,67 @@ def test_export_detection_inside_real_traces() -> None:
     want = {"compile": False, "export strict=True": True, "export strict=False": True}
     assert traced_values(cycle._exporting) == want
     assert not cycle._exporting()
+
+
+@pytest.mark.parametrize("kernel", ["_cycle_carry_kernel", "_cycle_output_kernel"])
+def test_offline_sm90_compile(kernel: str) -> None:
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+
+    from hrsam.ops.selective_scan import triton_cycle
+
+    function = getattr(triton_cycle, kernel)
+    if type(function).__name__ != "JITFunction":
+        pytest.skip("the kernel is interpreted in this process (TRITON_INTERPRET is set)")
+    if kernel == "_cycle_carry_kernel":
+        pointers = ["states_ptr", "dtsum_ptr", "A_ptr", "weights_ptr", "enter_ptr"]
+        integers = ["dim", "dstate", "n_chunks", "stride_wd", "stride_wk"]
+        constants, warps = {"NC": 256, "BLOCK_ND": 16, "REPEATS": 3}, 4
+    else:
+        pointers = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "out_ptr", "enter_ptr"]
+        integers = ["dim", "seqlen", "dstate", "chunk_len", "n_chunks", "stride_an", "stride_bb", "stride_bt",
+                    "stride_bn", "stride_srow", "stride_sn"]  # fmt: skip
+        constants = {"BLOCK_D": 32, "BLOCK_N": 32, "STEPS": 8, "EVEN_D": True, "EVEN_N": True, "SOFTPLUS": True}
+        warps = 1
+    signature = {name: "*fp32" for name in pointers} | {name: "i32" for name in integers}
+    signature |= {name: "constexpr" for name in constants}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    source = triton.compiler.ASTSource(function, signature, constants, attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    assert "ex2.approx" in compiled.asm["ptx"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("length", [4096, 16384])
+def test_gpu_full_size_against_the_tiled_triton_scan(length: int) -> None:
+    from hrsam.ops.selective_scan import selective_scan
+
+    inputs = [t.cuda() for t in make_inputs(1, 768, 32, length, torch.float32)]
+    weights = torch.rand(768, 3, device="cuda") + 0.5
+    with torch.no_grad():
+        got = cycle_scan(*inputs, weights)
+        u, delta, A, B, C, D, bias = inputs
+        u, delta, B, C = (t.repeat(1, 1, 3) for t in (u, delta, B, C))
+        tiled = selective_scan(u, delta, A, B, C, D, bias)
+        want = (tiled.view(1, 768, 3, length) * weights[:, :, None]).sum(dim=2)
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"L={length}: {error:.1e}")
+    assert error < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_encoder_kernel_path_matches_the_tiled_path() -> None:
+    from hrsam.modeling.interactive import build_model
+
+    torch.manual_seed(0)
+    model = build_model("hrsam_vit_b").cuda().eval()
+    image = torch.randn(1, 3, 1024, 1024, device="cuda")
+    with torch.no_grad():
+        got = model.encode(image)
+        with mock.patch.object(cycle, "cycle_kernel_unsupported", lambda *tensors: "forced off"):
+            want = model.encode(image)
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"encoder: {error:.1e}")
+    assert error < 1e-4

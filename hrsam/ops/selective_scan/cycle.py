@@ -20,11 +20,13 @@ scan by rounding (tests/test_cycle_scan_kernel.py).
 
 Kernels: on the CPU, the C kernel's ``cycle_block`` (``cpu_scan.c``): one pass over L for h_L and
 P_L (no outputs), one for y: two passes over L instead of one over R L, 2.0-2.7x faster than the
-tiled scan on the development CPU (docs/BENCHMARKS.md). CUDA has no such kernel: there the model
-keeps the tiled scan. ``cycle_kernel_unsupported`` says when the model takes the kernel: CPU
-tensors outside torch.compile traces with the C kernel built, no gradient needed (it has no
-backward), no export or AOTInductor trace (those keep the contract's tiled form), and no other
-scan backend forced (``use_backend`` / ``HRSAM_SELECTIVE_SCAN_BACKEND``);
+tiled scan on the development CPU (docs/BENCHMARKS.md). On CUDA, ``triton_cycle``: the chunked
+Triton passes over L, a third of the tiled scan's exponentials. ``cycle_kernel_unsupported`` says
+when the model takes a kernel: CUDA tensors with Triton (in torch.compile traces too: the op is
+opaque to Inductor), or CPU tensors outside torch.compile traces with the C kernel built; no
+gradient needed (they have no backward), no export or AOTInductor trace (those keep the contract's
+tiled form), and no other scan backend forced in eager code (``use_backend`` /
+``HRSAM_SELECTIVE_SCAN_BACKEND``);
 ``HRSAM_CYCLE_SCAN_KERNEL=0`` in the environment turns it off.
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -41,6 +44,19 @@ from hrsam.ops.lowering import lowering_active
 from hrsam.ops.selective_scan import OP, _validate, cpu_backend
 from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
 
+
+def _load_kernels() -> ModuleType | None:
+    """The Triton kernels where CUDA and Triton are present (imported once, never while tracing)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from hrsam.ops.selective_scan import triton_cycle
+    except ImportError:  # Triton is optional
+        return None
+    return triton_cycle
+
+
+_KERNELS = _load_kernels()
 # Escape hatch (and A/B switch for benchmarks): HRSAM_CYCLE_SCAN_KERNEL=0 keeps the tiled scan.
 _DISABLED = os.environ.get("HRSAM_CYCLE_SCAN_KERNEL", "1") == "0"
 
@@ -75,8 +91,8 @@ def cycle_scan_tiled(
 def cycle_kernel_unsupported(u: Tensor, *tensors: Tensor) -> str | None:
     """None when the L-step kernel may replace the tiled scan for these inputs, else why not.
 
-    ``tensors``: the other inputs, checked only for ``requires_grad``. The first checks are
-    attribute reads only, safe while Dynamo traces the model; the kernel itself runs from eager
+    ``tensors``: the other inputs, checked only for ``requires_grad``. Up to the CUDA answer these
+    are attribute reads only, safe while Dynamo traces the model; the C kernel runs from eager
     code only (it is built at first use, which no trace should do).
     """
     if _DISABLED:
@@ -89,6 +105,10 @@ def cycle_kernel_unsupported(u: Tensor, *tensors: Tensor) -> str | None:
         return "an export keeps the contract's tiled SelectiveScan node"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *tensors)):
         return "gradients are needed and the kernel has no backward"
+    if u.is_cuda:
+        if _KERNELS is None:
+            return "needs Triton, and CUDA when hrsam was imported"
+        return None if torch.compiler.is_compiling() else _forced_elsewhere("triton")
     if u.device.type != "cpu":
         return f"no L-step kernel for {u.device.type} tensors (the tiled scan runs)"
     if torch.compiler.is_compiling():
@@ -126,8 +146,12 @@ def cycle_scan_op(
     weights: Tensor,
     delta_softplus: bool,
 ) -> Tensor:
-    """The registered operator; call ``cycle_scan`` for validated inputs."""
-    return cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
+    """The registered operator (opaque to Inductor, like ``hrsam::selective_scan``); call ``cycle_scan``."""
+    if not u.is_cuda:
+        return cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
+    if _KERNELS is None:
+        raise RuntimeError("hrsam::cycle_scan needs Triton, and CUDA when hrsam was imported")
+    return _KERNELS.cycle_scan_triton(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
 
 
 @cycle_scan_op.register_fake

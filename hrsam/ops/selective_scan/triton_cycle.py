@@ -1,0 +1,163 @@
+"""The Cycle-scan's weighted scan of a repeated sequence, on the untiled sequence (Triton, CUDA).
+
+``hrsam.ops.selective_scan.cycle`` defines it and says why L steps suffice: the weighted sum of
+the R copies' states is the ordinary scan of u' = W u from S_in = sum_k w_k H_k, with
+H_k = h_L (1 + P_L + ... + P_L^(k-1)) from copy 0's final state h_L and total decay P_L. Here the
+passes are ``triton_kernel``'s chunked ones, on L:
+
+1. ``_chunk_state_kernel`` (unchanged) for every chunk, the last one included (its final state
+   is part of h_L);
+2. ``_cycle_carry_kernel``: the scan over chunk summaries, then each chunk's weighted entering
+   state S_in[c] = W H_0(c) + P(c) * h_L * G with G = sum_k w_k (1 + ... + P_L^(k-1)), where
+   H_0(c) and P(c) are copy 0's state and decay product entering chunk c (S_in[0] = h_L * G);
+3. ``_cycle_output_kernel``: ``_scan_chunk`` of u' = W u from S_in[c], writing y.
+
+So the R L exponentials of each scanning pass become L (they are the scan's cost,
+docs/BENCHMARKS.md). The state stays float32. Forward only: training graphs take the tiled scan,
+whose backward exists.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hrsam.ops.selective_scan.triton_kernel import (
+    _CARRY_TILE,
+    DEFAULT_CONFIG,
+    DEFAULT_CONFIG_16BIT,
+    ScanConfig,
+    _affine_combine,
+    _chunk_state_kernel,
+    _scan_chunk,
+    _sm_count,
+    plan_chunks,
+)
+
+
+@triton.jit
+def _cycle_carry_kernel(
+    states_ptr, dtsum_ptr, A_ptr, weights_ptr, enter_ptr,
+    dim, dstate, n_chunks, stride_wd, stride_wk,
+    NC: tl.constexpr, BLOCK_ND: tl.constexpr, REPEATS: tl.constexpr,
+):  # fmt: skip
+    """Pass 2: chunk-local final states of copy 0 -> every chunk's weighted entering state S_in.
+
+    Flattened (n, d) axis as in ``_chunk_carry_kernel``: states and enter are [batch, n_chunks,
+    N * dim], A is [N, dim], weights [dim, REPEATS] (any strides). Writes ``enter``, a separate
+    buffer: row c + 1 is computed from row c, which another thread may still be reading.
+    """
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_c = tl.arange(0, NC)
+    offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
+    d = offs_nd % dim
+    mask_nd = offs_nd < dstate * dim
+    mask = (offs_c < n_chunks)[:, None] & mask_nd[None, :]
+    A2 = tl.load(A_ptr + offs_nd, mask=mask_nd, other=0.0) * 1.4426950408889634
+    rows = pid_b * n_chunks + offs_c
+    dt_sum = tl.load(dtsum_ptr + rows[:, None] * dim + d[None, :], mask=mask, other=0.0)
+    local = tl.load(states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :], mask=mask, other=0.0)
+    # Rows past n_chunks have decay 1 and state 0: they come after the real rows and change nothing.
+    decay, carried = tl.associative_scan((tl.exp2(dt_sum * A2[None, :]), local), axis=0, combine_fn=_affine_combine)
+    last = (offs_c == n_chunks - 1)[:, None]
+    h_end = tl.sum(tl.where(last, carried, 0.0), axis=0)  # copy 0's final state h_L
+    p_end = tl.sum(tl.where(last, decay, 0.0), axis=0)  # its total decay P_L
+    total = tl.zeros_like(A2)  # W = sum_k w_k
+    gain = tl.zeros_like(A2)  # G = sum_k w_k (1 + P_L + ... + P_L^(k-1))
+    geometric = tl.zeros_like(A2)
+    for k in tl.static_range(REPEATS):
+        w_k = tl.load(weights_ptr + d * stride_wd + k * stride_wk, mask=mask_nd, other=0.0)
+        gain += w_k * geometric
+        total += w_k
+        geometric = geometric * p_end + 1.0
+    tail = h_end * gain  # the later copies' weighted states entering position 0
+    entering = total[None, :] * carried + decay * tail[None, :]  # for chunk c + 1
+    out_rows = pid_b * n_chunks + offs_c + 1
+    tl.store(
+        enter_ptr + out_rows[:, None] * (dstate * dim) + offs_nd[None, :],
+        entering,
+        mask=(offs_c < n_chunks - 1)[:, None] & mask_nd[None, :],
+    )
+    tl.store(enter_ptr + pid_b * n_chunks * (dstate * dim) + offs_nd, tail, mask=mask_nd)
+
+
+@triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn"])
+def _cycle_output_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, enter_ptr,
+    dim, seqlen, dstate, chunk_len, n_chunks,
+    stride_an, stride_bb, stride_bt, stride_bn, stride_srow, stride_sn,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, SOFTPLUS: tl.constexpr,
+):  # fmt: skip
+    """Pass 3: scan chunk c of u' = W u from its weighted entering state and write y."""
+    pid_c = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    row = pid_b * n_chunks + pid_c
+    state_ptrs = enter_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
+    h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
+    _scan_chunk(
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True,
+    )  # fmt: skip
+
+
+def cycle_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    weights: torch.Tensor,
+    delta_softplus: bool,
+    config: ScanConfig | None = None,
+) -> torch.Tensor:
+    """y [batch, dim, L] in u's dtype; inputs validated (``cycle.cycle_scan``), weights [dim, R] float32."""
+    if config is None:
+        config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    weights = weights.float()
+    u, delta = u.contiguous(), delta.contiguous()
+    u_weighted = (u * weights.sum(dim=1)[:, None].to(u.dtype)).contiguous()
+    B_t = B.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    C_t = C.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    A_t = A.float().t().contiguous()
+    D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
+    out = torch.empty_like(u)
+    steps = config.steps or 16 // u.element_size()
+    block_n = triton.next_power_of_2(dstate)
+    chunk_len, n_chunks = plan_chunks(batch, dim, seqlen, config, _sm_count(u.device))
+    states = torch.empty(batch, n_chunks, dstate, dim, device=u.device, dtype=torch.float32)
+    entering = torch.empty_like(states)
+    dt_sums = torch.empty(batch, n_chunks, dim, device=u.device, dtype=torch.float32)
+    state_strides = (states.stride(1), states.stride(2))
+    flags = dict(
+        BLOCK_D=config.block_d, BLOCK_N=block_n, STEPS=steps,
+        EVEN_D=dim % config.block_d == 0, EVEN_N=dstate == block_n, SOFTPLUS=bool(delta_softplus),
+        num_warps=config.num_warps,
+    )  # fmt: skip
+    if config.maxnreg is not None and u.is_cuda:
+        flags["maxnreg"] = config.maxnreg
+    b_strides = (B_t.stride(0), B_t.stride(1), B_t.stride(2))
+    d_blocks = triton.cdiv(dim, config.block_d)
+    _chunk_state_kernel[(n_chunks, d_blocks, batch)](
+        u, delta, A_t, B_t, D, delta_bias, states, dt_sums,
+        dim, seqlen, dstate, chunk_len, n_chunks, A_t.stride(0), *b_strides, *state_strides, **flags,
+    )  # fmt: skip
+    nc = triton.next_power_of_2(n_chunks)
+    block_nd = max(1, _CARRY_TILE // nc)
+    _cycle_carry_kernel[(triton.cdiv(dstate * dim, block_nd), batch)](
+        states, dt_sums, A_t, weights, entering, dim, dstate, n_chunks, weights.stride(0), weights.stride(1),
+        NC=nc, BLOCK_ND=block_nd, REPEATS=weights.shape[1], num_warps=4,
+    )  # fmt: skip
+    _cycle_output_kernel[(n_chunks, d_blocks, batch)](
+        u_weighted, delta, A_t, B_t, C_t, D, delta_bias, out, entering,
+        dim, seqlen, dstate, chunk_len, n_chunks, A_t.stride(0), *b_strides, *state_strides, **flags,
+    )  # fmt: skip
+    return out
