@@ -127,3 +127,26 @@ def test_gpu_backend_matches_reference(backend: str, dtype: torch.dtype) -> None
     ref = varlen_attention_reference(q.float(), k.float(), v.float(), *args, 0.125)
     assert out.dtype == dtype
     assert (out.float() - ref).abs().max().item() < GPU_TOLERANCES[dtype]
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_backend_takes_row_strided_key_value_views(dtype: torch.dtype) -> None:
+    """Flash Swin passes k and v as halves of the gathered kv rows (row stride 2C): same output as copies.
+
+    The torch backend hands such views to the kernels without a copy; the result must be bitwise the
+    one of contiguous inputs (same kernel, same arithmetic, only the addressing differs).
+    """
+    if "torch" not in available_backends("varlen_attention", torch.empty(1, 1, 64, device="cuda", dtype=dtype)):
+        pytest.skip("torch backend cannot run on this machine")
+    q, _, _, cu_q, cu_k, max_q, max_k = random_problem(n=7, heads=4, dim=32, dtype=dtype, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    kv = torch.randn(int(cu_k[-1]), 2 * 4 * 32, device="cuda", generator=g).to(dtype)
+    k, v = kv.view(-1, 2, 4, 32).unbind(1)
+    assert not k.is_contiguous() and not v.is_contiguous()
+    args = (cu_q, cu_k, max_q, max_k)
+    with use_backend("varlen_attention", "torch"):
+        strided = varlen_attention(q, k, v, *args)
+        copied = varlen_attention(q, k.contiguous(), v.contiguous(), *args)
+    assert torch.equal(strided, copied)
