@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from export.aoti_compiler import pick_compiler
 from export.cli import UserError
 from export.onnx_export import add_model_arguments, check_size, load_from_arguments, make_sidecar, prepare_output_dir
 from hrsam.checkpoint import LoadedModel, file_sha256, weights_sha256
@@ -80,13 +81,21 @@ def sidecar_for(loaded: LoadedModel, size: int, directory: Path, source: dict) -
 
 
 def _package(
-    part: nn.Module, args: tuple, dynamic_shapes: tuple | None, path: Path, metadata: dict[str, str], autotune: bool
+    part: nn.Module,
+    args: tuple,
+    dynamic_shapes: tuple | None,
+    path: Path,
+    metadata: dict[str, str],
+    autotune: bool,
+    compiler: str,
 ) -> float:
-    """torch.export (lowered ops) + AOTInductor into ``path``; returns the seconds taken."""
+    """torch.export (lowered ops) + AOTInductor (wrapper built by ``compiler``) into ``path``; returns the seconds."""
     start = time.perf_counter()
     with torch.no_grad(), aot_lowering():
         program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
-    options = {**INDUCTOR_OPTIONS, "max_autotune": autotune, "aot_inductor.metadata": metadata}
+    options = {
+        **INDUCTOR_OPTIONS, "max_autotune": autotune, "aot_inductor.metadata": metadata, "cpp.cxx": (compiler,),
+    }  # fmt: skip
     path.unlink(missing_ok=True)
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     return time.perf_counter() - start
@@ -101,13 +110,13 @@ def _max_error(path: Path, part: nn.Module, args: tuple) -> float:
     return max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
 
 
-def _record(path: Path, metadata: dict[str, str], device: torch.device, seconds: float) -> dict:
+def _record(path: Path, metadata: dict[str, str], device: torch.device, seconds: float, compiler: str) -> dict:
     """The sidecar's record of one package: file, what it was built for and with, and how long it took."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     record = {
         "file": path.name, "sha256": file_sha256(path), "bytes": str(path.stat().st_size),
         "precision": metadata[META_PRECISION], "device": device.type, "gpu": gpu, "torch": torch.__version__,
-        "compile_s": round(seconds, 1),
+        "cxx": compiler, "compile_s": round(seconds, 1),
     }  # fmt: skip
     if META_MAX_POINTS in metadata:
         record["max_points"] = int(metadata[META_MAX_POINTS])
@@ -131,6 +140,7 @@ def export_aoti(
     if max_points < 2:
         raise UserError(f"--max-points must be at least 2 (a click and SAM's padding point), got {max_points}")
     directory = prepare_output_dir(out_dir)
+    compiler = pick_compiler().compiler  # before minutes of packaging: a wrong one would only show at load
     sidecar = sidecar_for(loaded, size, directory, dict(source or {}))
     model = loaded.model.eval().float().to(target)
     model.encoder.prepare(size, size, 1, target)
@@ -145,12 +155,12 @@ def export_aoti(
     for name, (part, args, dynamic, extra) in parts.items():
         path = directory / AOTI_FILES[name]
         metadata = {**sidecar.metadata(name), META_PRECISION: precision, **extra}
-        seconds[name] = _package(part, args, dynamic, path, metadata, max_autotune)
+        seconds[name] = _package(part, args, dynamic, path, metadata, max_autotune, compiler)
         reason = embedded_libstdcxx_reason(path)  # loading it back to check it would end the process
         if reason is not None:
             raise UserError(reason)
         errors[name] = _max_error(path, part, args)
-        sidecar.aoti[name] = _record(path, metadata, target, seconds[name])
+        sidecar.aoti[name] = _record(path, metadata, target, seconds[name], compiler)
     sidecar.write(directory)
     return AotiResult(sidecar, directory, seconds, errors)
 
@@ -159,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
     check_size(args.size)
     check_device(args.device)
     prepare_output_dir(args.out)
+    choice = pick_compiler()
+    for compiler, reason in choice.passed_over:
+        print(f"not using {compiler} for the packages' wrappers: {reason}; using {choice.compiler}")
     loaded, source = load_from_arguments(args)
     result = export_aoti(
         loaded, args.size, args.out, args.precision, args.device, args.max_points, args.max_autotune, source
