@@ -73,8 +73,8 @@ def embedded_libstdcxx_reason(package: str | Path) -> str | None:
                 return (
                     f"{Path(name).name} in {Path(package).name} was linked with its own copy of libstdc++ "
                     "(it defines std::locale::id::_M_id), which crashes the process that loads it "
-                    "(docs/DEPLOYMENT.md); package it again with a compiler that links the shared "
-                    "libstdc++, e.g. CXX=/usr/bin/g++ python -m export aoti ..."
+                    "(docs/DEPLOYMENT.md); package it again with this project's python -m export aoti, "
+                    "which builds wrappers with a compiler that links the shared libstdc++"
                 )
     return None
 
