@@ -28,9 +28,9 @@ from hrsam.ops.selective_scan.triton_kernel import (
     DEFAULT_CONFIG,
     DEFAULT_CONFIG_16BIT,
     ScanConfig,
-    _affine_combine,
     _chunk_state_kernel,
     _scan_chunk,
+    _scan_chunk_summaries,
     _sm_count,
     plan_chunks,
 )
@@ -48,24 +48,17 @@ def _cycle_carry_kernel(
     N * dim], A is [N, dim], weights [dim, REPEATS] (any strides). Writes ``enter``, a separate
     buffer: row c + 1 is computed from row c, which another thread may still be reading.
     """
+    decay, carried, _, _, offs_c, offs_nd, mask_nd = _scan_chunk_summaries(
+        states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_chunks, NC, BLOCK_ND
+    )
     pid_b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.arange(0, NC)
-    offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
     d = offs_nd % dim
-    mask_nd = offs_nd < dstate * dim
-    mask = (offs_c < n_chunks)[:, None] & mask_nd[None, :]
-    A2 = tl.load(A_ptr + offs_nd, mask=mask_nd, other=0.0) * 1.4426950408889634
-    rows = pid_b * n_chunks + offs_c
-    dt_sum = tl.load(dtsum_ptr + rows[:, None] * dim + d[None, :], mask=mask, other=0.0)
-    local = tl.load(states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :], mask=mask, other=0.0)
-    # Rows past n_chunks have decay 1 and state 0: they come after the real rows and change nothing.
-    decay, carried = tl.associative_scan((tl.exp2(dt_sum * A2[None, :]), local), axis=0, combine_fn=_affine_combine)
     last = (offs_c == n_chunks - 1)[:, None]
     h_end = tl.sum(tl.where(last, carried, 0.0), axis=0)  # copy 0's final state h_L
     p_end = tl.sum(tl.where(last, decay, 0.0), axis=0)  # its total decay P_L
-    total = tl.zeros_like(A2)  # W = sum_k w_k
-    gain = tl.zeros_like(A2)  # G = sum_k w_k (1 + P_L + ... + P_L^(k-1))
-    geometric = tl.zeros_like(A2)
+    total = tl.zeros([BLOCK_ND], dtype=tl.float32)  # W = sum_k w_k
+    gain = tl.zeros_like(total)  # G = sum_k w_k (1 + P_L + ... + P_L^(k-1))
+    geometric = tl.zeros_like(total)
     for k in tl.static_range(REPEATS):
         w_k = tl.load(weights_ptr + d * stride_wd + k * stride_wk, mask=mask_nd, other=0.0)
         gain += w_k * geometric

@@ -275,20 +275,36 @@ def _chunk_carry_kernel(
 
     Works on the flattened (n, d) axis: states are [batch, n_prefix, N * dim] and A is [N, dim].
     """
+    _, carried, state_ptrs, mask, _, _, _ = _scan_chunk_summaries(
+        states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_prefix, NC, BLOCK_ND
+    )
+    tl.store(state_ptrs, carried, mask=mask)
+
+
+@triton.jit
+def _scan_chunk_summaries(states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_rows, NC: tl.constexpr, BLOCK_ND: tl.constexpr):
+    """The carry passes' common part: scan this program's BLOCK_ND (n, d) columns over the chunk rows.
+
+    Rows r < n_rows of ``states`` [batch, n_rows, N * dim] hold chunk-local final states and of
+    ``dtsum`` [batch, n_rows, dim] the chunks' dt sums. Returns (decay, carried, state_ptrs, mask,
+    offs_c, offs_nd, mask_nd): the decay product and state after each row, both [NC, BLOCK_ND],
+    and where they live. Rows past n_rows have decay 1 and state 0: they come after the real rows
+    and change nothing.
+    """
     pid_b = tl.program_id(1).to(tl.int64)
     offs_c = tl.arange(0, NC)
     offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
     d = offs_nd % dim
     mask_nd = offs_nd < dstate * dim
-    mask = (offs_c < n_prefix)[:, None] & mask_nd[None, :]
+    mask = (offs_c < n_rows)[:, None] & mask_nd[None, :]
     A2 = tl.load(A_ptr + offs_nd, mask=mask_nd, other=0.0) * 1.4426950408889634
-    rows = pid_b * n_prefix + offs_c
+    rows = pid_b * n_rows + offs_c
     dt_sum = tl.load(dtsum_ptr + rows[:, None] * dim + d[None, :], mask=mask, other=0.0)
     decay = tl.exp2(dt_sum * A2[None, :])
     state_ptrs = states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :]
     local = tl.load(state_ptrs, mask=mask, other=0.0)
-    _, carried = tl.associative_scan((decay, local), axis=0, combine_fn=_affine_combine)
-    tl.store(state_ptrs, carried, mask=mask)
+    decay, carried = tl.associative_scan((decay, local), axis=0, combine_fn=_affine_combine)
+    return decay, carried, state_ptrs, mask, offs_c, offs_nd, mask_nd
 
 
 @triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn"])
