@@ -25,14 +25,11 @@ import triton.language as tl
 
 from hrsam.ops.selective_scan.triton_kernel import (
     _CARRY_TILE,
-    DEFAULT_CONFIG,
-    DEFAULT_CONFIG_16BIT,
     ScanConfig,
     _chunk_state_kernel,
     _scan_chunk,
     _scan_chunk_summaries,
-    _sm_count,
-    plan_chunks,
+    prepare_chunk_launch,
 )
 
 
@@ -111,46 +108,28 @@ def cycle_scan_triton(
     config: ScanConfig | None = None,
 ) -> torch.Tensor:
     """y [batch, dim, L] in u's dtype; inputs validated (``cycle.cycle_scan``), weights [dim, R] float32."""
-    if config is None:
-        config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     weights = weights.float()
-    u, delta = u.contiguous(), delta.contiguous()
-    u_weighted = (u * weights.sum(dim=1)[:, None].to(u.dtype)).contiguous()
-    B_t = B.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    C_t = C.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    A_t = A.float().t().contiguous()
-    D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
-    out = torch.empty_like(u)
-    steps = config.steps or 16 // u.element_size()
-    block_n = triton.next_power_of_2(dstate)
-    chunk_len, n_chunks = plan_chunks(batch, dim, seqlen, config, _sm_count(u.device))
-    states = torch.empty(batch, n_chunks, dstate, dim, device=u.device, dtype=torch.float32)
+    go = prepare_chunk_launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config)
+    u_weighted = (go.u * weights.sum(dim=1)[:, None].to(u.dtype)).contiguous()
+    out = torch.empty_like(go.u)
+    states = torch.empty(batch, go.n_chunks, dstate, dim, device=u.device, dtype=torch.float32)
     entering = torch.empty_like(states)
-    dt_sums = torch.empty(batch, n_chunks, dim, device=u.device, dtype=torch.float32)
+    dt_sums = torch.empty(batch, go.n_chunks, dim, device=u.device, dtype=torch.float32)
     state_strides = (states.stride(1), states.stride(2))
-    flags = dict(
-        BLOCK_D=config.block_d, BLOCK_N=block_n, STEPS=steps,
-        EVEN_D=dim % config.block_d == 0, EVEN_N=dstate == block_n, SOFTPLUS=bool(delta_softplus),
-        num_warps=config.num_warps,
+    _chunk_state_kernel[(go.n_chunks, go.d_blocks, batch)](
+        go.u, go.delta, go.A_t, go.B_t, go.D, go.delta_bias, states, dt_sums,
+        dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
     )  # fmt: skip
-    if config.maxnreg is not None and u.is_cuda:
-        flags["maxnreg"] = config.maxnreg
-    b_strides = (B_t.stride(0), B_t.stride(1), B_t.stride(2))
-    d_blocks = triton.cdiv(dim, config.block_d)
-    _chunk_state_kernel[(n_chunks, d_blocks, batch)](
-        u, delta, A_t, B_t, D, delta_bias, states, dt_sums,
-        dim, seqlen, dstate, chunk_len, n_chunks, A_t.stride(0), *b_strides, *state_strides, **flags,
-    )  # fmt: skip
-    nc = triton.next_power_of_2(n_chunks)
+    nc = triton.next_power_of_2(go.n_chunks)
     block_nd = max(1, _CARRY_TILE // nc)
     _cycle_carry_kernel[(triton.cdiv(dstate * dim, block_nd), batch)](
-        states, dt_sums, A_t, weights, entering, dim, dstate, n_chunks, weights.stride(0), weights.stride(1),
+        states, dt_sums, go.A_t, weights, entering, dim, dstate, go.n_chunks, weights.stride(0), weights.stride(1),
         NC=nc, BLOCK_ND=block_nd, REPEATS=weights.shape[1], num_warps=4,
     )  # fmt: skip
-    _cycle_output_kernel[(n_chunks, d_blocks, batch)](
-        u_weighted, delta, A_t, B_t, C_t, D, delta_bias, out, entering,
-        dim, seqlen, dstate, chunk_len, n_chunks, A_t.stride(0), *b_strides, *state_strides, **flags,
+    _cycle_output_kernel[(go.n_chunks, go.d_blocks, batch)](
+        u_weighted, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, entering,
+        dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
     )  # fmt: skip
     return out

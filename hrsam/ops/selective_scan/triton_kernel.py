@@ -362,6 +362,69 @@ def _direct(kernel: Any) -> Any:
     return kernel
 
 
+@dataclass(frozen=True)
+class ChunkLaunch:
+    """What a forward launcher hands the chunk kernels: operands in the kernels' layouts, grid, flags.
+
+    Shared by ``selective_scan_triton`` and the Cycle-scan's ``cycle_scan_triton``, whose passes
+    are the same chunk kernels.
+    """
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    A_t: torch.Tensor
+    B_t: torch.Tensor
+    C_t: torch.Tensor
+    D: torch.Tensor
+    delta_bias: torch.Tensor
+    chunk_len: int
+    n_chunks: int
+    d_blocks: int
+    flags: dict[str, Any]
+
+    @property
+    def b_strides(self) -> tuple[int, int, int]:
+        return self.B_t.stride(0), self.B_t.stride(1), self.B_t.stride(2)
+
+
+def prepare_chunk_launch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    delta_softplus: bool,
+    config: ScanConfig | None,
+) -> ChunkLaunch:
+    """Layouts, chunk plan and compile-time flags of a forward scan; config None picks the dtype's default."""
+    if config is None:
+        config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    # 16-bit inputs: [batch, L, N] float32 copies, so the N values of one step are one contiguous
+    # vector and the per-state dtype conversion (2 instructions per element for bf16) is paid once.
+    # float32 inputs: ``to`` returns the transposed view itself (no copy); see the module docstring.
+    B_t = B.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    C_t = C.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    block_n = triton.next_power_of_2(dstate)
+    chunk_len, n_chunks = plan_chunks(batch, dim, seqlen, config, _sm_count(u.device))
+    flags = dict(
+        BLOCK_D=config.block_d, BLOCK_N=block_n, STEPS=config.steps or 16 // u.element_size(),
+        EVEN_D=dim % config.block_d == 0, EVEN_N=dstate == block_n, SOFTPLUS=bool(delta_softplus),
+        num_warps=config.num_warps,
+    )  # fmt: skip
+    if config.maxnreg is not None and u.is_cuda:
+        flags["maxnreg"] = config.maxnreg
+    return ChunkLaunch(
+        u.contiguous(), delta.contiguous(),
+        A.float().t().contiguous(),  # [N, dim]: see _scan_chunk for why
+        B_t, C_t, D.float().contiguous(), delta_bias.float().contiguous(),
+        chunk_len, n_chunks, triton.cdiv(dim, config.block_d), flags,
+    )  # fmt: skip
+
+
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -384,49 +447,30 @@ def selective_scan_triton(
     cache) by scanning the source for ``wrap_triton(kernel)`` calls.
     Returns y [batch, dim, L] in u's dtype.
     """
-    if config is None:
-        config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
     wrap_triton = wrap_triton or _direct
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    u, delta = u.contiguous(), delta.contiguous()
-    # 16-bit inputs: [batch, L, N] float32 copies, so the N values of one step are one contiguous
-    # vector and the per-state dtype conversion (2 instructions per element for bf16) is paid once.
-    # float32 inputs: ``to`` returns the transposed view itself (no copy); see the module docstring.
-    B_t = B.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    C_t = C.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    A_t = A.float().t().contiguous()  # [N, dim]: see _scan_chunk for why
-    D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
-    out = torch.empty_like(u)
-    steps = config.steps or 16 // u.element_size()
-    block_n = triton.next_power_of_2(dstate)
-    chunk_len, n_chunks = plan_chunks(batch, dim, seqlen, config, _sm_count(u.device))
-    n_prefix = n_chunks - 1
+    go = prepare_chunk_launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config)
+    out = torch.empty_like(go.u)
+    n_prefix = go.n_chunks - 1
     states = torch.empty(batch, max(n_prefix, 1), dstate, dim, device=u.device, dtype=torch.float32)
     state_strides = (states.stride(1), states.stride(2))
-    flags = dict(
-        BLOCK_D=config.block_d, BLOCK_N=block_n, STEPS=steps,
-        EVEN_D=dim % config.block_d == 0, EVEN_N=dstate == block_n, SOFTPLUS=bool(delta_softplus),
-        num_warps=config.num_warps,
-    )
-    if config.maxnreg is not None and u.is_cuda:
-        flags["maxnreg"] = config.maxnreg
-    b_strides = (B_t.stride(0), B_t.stride(1), B_t.stride(2))
-    d_blocks = triton.cdiv(dim, config.block_d)
     if n_prefix > 0:
         dt_sums = torch.empty(batch, n_prefix, dim, device=u.device, dtype=torch.float32)
-        wrap_triton(_chunk_state_kernel)[(n_prefix, d_blocks, batch)](
-            u, delta, A_t, B_t, D, delta_bias, states, dt_sums,
-            dim, seqlen, dstate, chunk_len, n_prefix, A_t.stride(0), *b_strides, *state_strides, **flags,
+        wrap_triton(_chunk_state_kernel)[(n_prefix, go.d_blocks, batch)](
+            go.u, go.delta, go.A_t, go.B_t, go.D, go.delta_bias, states, dt_sums,
+            dim, seqlen, dstate, go.chunk_len, n_prefix, go.A_t.stride(0), *go.b_strides, *state_strides,
+            **go.flags,
         )
         nc = triton.next_power_of_2(n_prefix)
         block_nd = max(1, _CARRY_TILE // nc)
         wrap_triton(_chunk_carry_kernel)[(triton.cdiv(dstate * dim, block_nd), batch)](
-            states, dt_sums, A_t, dim, dstate, n_prefix,
+            states, dt_sums, go.A_t, dim, dstate, n_prefix,
             NC=nc, BLOCK_ND=block_nd, num_warps=4,
         )
-    wrap_triton(_chunk_output_kernel)[(n_chunks, d_blocks, batch)](
-        u, delta, A_t, B_t, C_t, D, delta_bias, out, states,
-        dim, seqlen, dstate, chunk_len, n_prefix, A_t.stride(0), *b_strides, *state_strides, **flags,
+    wrap_triton(_chunk_output_kernel)[(go.n_chunks, go.d_blocks, batch)](
+        go.u, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, states,
+        dim, seqlen, dstate, go.chunk_len, n_prefix, go.A_t.stride(0), *go.b_strides, *state_strides,
+        **go.flags,
     )
     return out
