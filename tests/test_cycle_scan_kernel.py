@@ -162,6 +162,8 @@ def test_cpu_kernel_against_the_definition() -> None:
     with torch.no_grad(), mock.patch.object(cycle, "cycle_scan", wraps=cycle.cycle_scan) as kernel:
         got = module(x)
         assert kernel.called
+        u_in, dt_in = kernel.call_args.args[:2]
+        assert u_in.is_contiguous() and dt_in.is_contiguous()  # laid out along L: the kernels copy nothing
         with mock.patch.object(cycle, "_DISABLED", True):
             want = module(x)
     assert ((got - want).abs().max() / want.abs().max()).item() < 5e-6

@@ -117,10 +117,18 @@ class CycleScan(nn.Module):
         def channels_first(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, Ls]
             return t.transpose(1, 2).to(dtype)
 
+        def along_length(t: Tensor) -> Tensor:  # [batch, Ls, dim] -> [batch, dim, Ls], laid out along Ls
+            # The kernels read u and delta along L and copy anything else first; transposing while
+            # casting is one pass (fused into u's and dt's producers under Inductor) instead of the
+            # cast here and the kernel launcher's copy. B and C (N wide, 1/24 of dim for ViT-B) stay
+            # views: the launchers gather them into [batch, Ls, N] float32 themselves. copy=True: a
+            # same-dtype ``to`` would return the transposed view (3-D tensors have no memory format).
+            return t.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format, copy=True)
+
         if not self.portable and cycle.cycle_kernel_unsupported(u, dt, B, C, A, D, dt_bias, gamma) is None:
             # Same function, L steps instead of repeats * L (hrsam.ops.selective_scan.cycle).
             y = cycle.cycle_scan(
-                channels_first(u), channels_first(dt), A, channels_first(B), channels_first(C), D, dt_bias,
+                along_length(u), along_length(dt), A, channels_first(B), channels_first(C), D, dt_bias,
                 gamma[:, :, 0], delta_softplus=True,
             )  # fmt: skip
             return y.transpose(1, 2)
