@@ -192,7 +192,8 @@ def test_offline_sm90_compile(kernel: str) -> None:
         integers = ["dim", "dstate", "n_chunks", "stride_wd", "stride_wk"]
         constants, warps = {"NC": 256, "BLOCK_ND": 16, "REPEATS": 3}, 4
     else:
-        pointers = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "out_ptr", "enter_ptr"]
+        pointers = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "out_ptr", "enter_ptr",
+                    "total_ptr"]
         integers = ["dim", "seqlen", "dstate", "chunk_len", "n_chunks", "stride_an", "stride_bb", "stride_bt",
                     "stride_bn", "stride_srow", "stride_sn"]  # fmt: skip
         constants = {"BLOCK_D": 32, "BLOCK_N": 32, "STEPS": 8, "EVEN_D": True, "EVEN_N": True, "SOFTPLUS": True}

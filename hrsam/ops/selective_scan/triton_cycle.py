@@ -10,7 +10,8 @@ passes are ``triton_kernel``'s chunked ones, on L:
 2. ``_cycle_carry_kernel``: the scan over chunk summaries, then each chunk's weighted entering
    state S_in[c] = W H_0(c) + P(c) * h_L * G with G = sum_k w_k (1 + ... + P_L^(k-1)), where
    H_0(c) and P(c) are copy 0's state and decay product entering chunk c (S_in[0] = h_L * G);
-3. ``_cycle_output_kernel``: ``_scan_chunk`` of u' = W u from S_in[c], writing y.
+3. ``_cycle_output_kernel``: ``_scan_chunk`` of u' = W u from S_in[c], writing y (W is applied
+   as u is loaded: no scaled copy of u).
 
 So the R L exponentials of each scanning pass become L (they are the scan's cost,
 docs/BENCHMARKS.md). The state stays float32. Forward only: training graphs take the tiled scan,
@@ -74,13 +75,13 @@ def _cycle_carry_kernel(
 
 @triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn"])
 def _cycle_output_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, enter_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, enter_ptr, total_ptr,
     dim, seqlen, dstate, chunk_len, n_chunks,
     stride_an, stride_bb, stride_bt, stride_bn, stride_srow, stride_sn,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):  # fmt: skip
-    """Pass 3: scan chunk c of u' = W u from its weighted entering state and write y."""
+    """Pass 3: scan chunk c of u' = W u (``total_ptr``: W [dim]) from its weighted entering state and write y."""
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -89,9 +90,9 @@ def _cycle_output_kernel(
     state_ptrs = enter_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
     h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
     _scan_chunk(
-        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr,
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, total_ptr,
         dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, True,
     )  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def cycle_scan_triton(
     dstate = A.shape[1]
     weights = weights.float()
     go = prepare_chunk_launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config)
-    u_weighted = (go.u * weights.sum(dim=1)[:, None].to(u.dtype)).contiguous()
+    total = weights.sum(dim=1)  # W per channel: the output pass scans W u without a scaled copy of u
     out = torch.empty_like(go.u)
     states = torch.empty(batch, go.n_chunks, dstate, dim, device=u.device, dtype=torch.float32)
     entering = torch.empty_like(states)
@@ -129,7 +130,7 @@ def cycle_scan_triton(
         NC=nc, BLOCK_ND=block_nd, REPEATS=weights.shape[1], num_warps=4,
     )  # fmt: skip
     _cycle_output_kernel[(go.n_chunks, go.d_blocks, batch)](
-        u_weighted, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, entering,
+        go.u, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, entering, total,
         dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
     )  # fmt: skip
     return out

@@ -114,6 +114,7 @@ def _scan_tile(
     bc_base,
     bias,
     Dv,
+    scale,
     offs_n,
     mask_d,
     mask_n,
@@ -124,6 +125,7 @@ def _scan_tile(
     MASK_T: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     OUTPUT: tl.constexpr,
+    SCALE_U: tl.constexpr,
 ):
     """Advance the [BLOCK_N, BLOCK_D] state by STEPS steps starting at t0.
 
@@ -131,6 +133,8 @@ def _scan_tile(
     out with a compile-time mask that folds to a register choice. Steps past ``seqlen``
     (MASK_T, last tile only) get dt = 0 and B = 0, which leaves h and dt_sum unchanged.
     mask_d / mask_n are all-true constants for even shapes, which Triton folds away.
+    SCALE_U: the input is ``scale * u`` per channel (the Cycle-scan's output pass), so no scaled
+    copy of u is written first; without it ``scale`` is not read.
     """
     offs_t = tl.arange(0, STEPS)
     t = t0 + offs_t
@@ -141,6 +145,8 @@ def _scan_tile(
         mask_t = offs_t < STEPS
     mask_tile = mask_d[:, None] & mask_t[None, :]
     u = tl.load(u_ptr + tile, mask=mask_tile, other=0.0).to(tl.float32)
+    if SCALE_U:
+        u = u * scale[:, None]
     dt = tl.load(delta_ptr + tile, mask=mask_tile, other=0.0).to(tl.float32) + bias[:, None]
     if SOFTPLUS:
         dt = _softplus(dt)
@@ -183,6 +189,7 @@ def _scan_chunk(
     D_ptr,
     bias_ptr,
     out_ptr,
+    scale_ptr,
     dim,
     seqlen,
     dstate,
@@ -197,8 +204,12 @@ def _scan_chunk(
     EVEN_N: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     OUTPUT: tl.constexpr,
+    SCALE_U: tl.constexpr,
 ):
-    """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``."""
+    """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``.
+
+    SCALE_U: scan ``scale * u`` (``scale_ptr``: [dim] float32); without it ``scale_ptr`` is not read.
+    """
     offs_n = tl.arange(0, BLOCK_N)
     # Masks known true at compile time fold away, so even shapes pay for none.
     if EVEN_D:
@@ -218,6 +229,10 @@ def _scan_chunk(
     A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if SCALE_U:
+        scale = tl.load(scale_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        scale = Dv  # not read
     ud_row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
     bc_base = pid_b * stride_bb
     dt_sum = tl.zeros_like(Dv)
@@ -226,15 +241,15 @@ def _scan_chunk(
     full_stop = start + ((stop - start) // STEPS) * STEPS
     for t0 in range(start, full_stop, STEPS):
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias, Dv,
+            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias, Dv, scale,
             offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
-            STEPS, False, SOFTPLUS, OUTPUT,
+            STEPS, False, SOFTPLUS, OUTPUT, SCALE_U,
         )
     if full_stop < stop:
         h, dt_sum = _scan_tile(
             h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias,
-            Dv, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
-            STEPS, True, SOFTPLUS, OUTPUT,
+            Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
+            STEPS, True, SOFTPLUS, OUTPUT, SCALE_U,
         )
     return h, dt_sum
 
@@ -254,9 +269,9 @@ def _chunk_state_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     h, dt_sum = _scan_chunk(
-        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, B_ptr, D_ptr, bias_ptr, u_ptr,
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, B_ptr, D_ptr, bias_ptr, u_ptr, D_ptr,
         dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False, False,
     )
     row = pid_b * n_prefix + pid_c
     mask_d = offs_d < dim
@@ -326,9 +341,9 @@ def _chunk_output_kernel(
         state_ptrs = states_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
         h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
     _scan_chunk(
-        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr,
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, D_ptr,
         dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, False,
     )
 
 
