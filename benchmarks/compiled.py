@@ -206,7 +206,8 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         f"decoder with {args.points} points (5 clicks + padding point), no mask prompt; "
         f"Inductor max-autotune {'on' if args.max_autotune else 'off'}",
         "- compiled = hrsam.compiled.CompiledRunner (Inductor, freezing, CUDA graph replay incl. input and output "
-        "copies); AOTI = trt_runtime.aoti_runner.AOTIRunner (python -m export aoti packages, no CUDA graph)", "",
+        "copies); AOTI = trt_runtime.aoti_runner.AOTIRunner (python -m export aoti packages, each call "
+        "replayed from a CUDA graph)", "",
         "### Encoder (ms)", "",
         markdown_table(["model", "input", f"eager {p}", "compiled", "AOTI", "eager/compiled", "eager/AOTI"], encoder),
         "", "### Decoder per click (ms)", "",

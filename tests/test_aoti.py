@@ -11,7 +11,8 @@ symbol check on real libraries.
 
 GPU (marker ``gpu``): a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default hrsampp_tiny at
 1024) in bf16, against eager fp32 and bf16 over the session (tolerances of
-``tests/test_compiled.py``), and run without hrsam on CUDA. With ``HRSAM_AOTI_DIR`` set the
+``tests/test_compiled.py``), every call replayed from a CUDA graph and bitwise equal to calling the
+packages directly, and run without hrsam on CUDA. With ``HRSAM_AOTI_DIR`` set the
 package is built there, or reused when that directory already holds this case, so a benchmark run
 afterwards (``benchmarks/compiled.py --aoti-dir``) need not compile it again.
 
@@ -31,6 +32,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -281,5 +283,10 @@ def test_gpu_package_matches_eager_over_a_session(tmp_path: Path) -> None:
     model = load_model(name).model.cuda().eval()
     reference = click_session(EagerRunner(model), size)
     same = click_session(EagerRunner(model, autocast_dtype_of("bf16")), size)
-    check_session(click_session(runner, size), reference, same, "bf16")
+    replayed = click_session(runner, size)
+    check_session(replayed, reference, same, "bf16")
+    assert runner.graph_failure is None  # every call above came from a CUDA graph
+    direct = click_session(AOTIRunner(directory, precision="bf16", cuda_graphs=False), size)
+    for (_, _, from_graph), (_, _, called) in zip(replayed, direct, strict=True):
+        assert np.array_equal(from_graph, called)  # the same kernels on the same inputs
     run_without_hrsam(directory, runner, tmp_path)

@@ -7,18 +7,30 @@ code runs. The runner refuses packages that do not belong to the directory's ``m
 the one compiled in, a CUDA package on a machine without CUDA, a file that is no package, and a
 package whose wrapper library would crash the process on load (``aoti_check``), each with one line
 that says what to do.
+
+On CUDA each package call is replayed from a CUDA graph (``hrsam.compiled.CudaGraphCall``, as the
+``compiled`` runner does): a package launches Inductor's kernels one by one from C++, and at
+HRSAM's sizes those launches cost about as much as the kernels (docs/BENCHMARKS.md: 5.2 ms
+against 3.3 ms for the same compiled encoder replayed from a graph). The encoder has one graph,
+the decoder one per point count, captured at its first use. Should a capture fail, the runner
+says why once (``graph_failure``, a warning) and calls the packages directly from then on.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from hrsam.compiled import CudaGraphCall
 from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, Sidecar
 from hrsam.runner import Runner, RunnerInfo
 from trt_runtime.aoti_check import embedded_libstdcxx_reason
+
+log = logging.getLogger(__name__)
 
 
 class AOTIRunner(Runner):
@@ -29,9 +41,12 @@ class AOTIRunner(Runner):
         device: where to run; None: the kind of device the packages were compiled for ("cuda" is
             the current CUDA device, "cuda:1" another one).
         precision: must be the precision the packages were compiled with (their sidecar record).
+        cuda_graphs: on CUDA, replay each package call from a CUDA graph (see the module docstring).
     """
 
-    def __init__(self, export_dir: str | Path, device: str | None = None, precision: str = "fp32") -> None:
+    def __init__(
+        self, export_dir: str | Path, device: str | None = None, precision: str = "fp32", cuda_graphs: bool = True
+    ) -> None:
         directory = Path(export_dir)
         sidecar = Sidecar.read(directory)
         missing = [part for part in AOTI_FILES if part not in sidecar.aoti]
@@ -51,6 +66,19 @@ class AOTIRunner(Runner):
         self.max_points = int(self._packages["decoder"][1][META_MAX_POINTS])
         self.embedding_size = sidecar.embedding_size
         self.info = RunnerInfo("aoti", sidecar.model, str(target), precision, sidecar.input_size, sidecar.weights)
+        self._graphs = _GraphReplays() if cuda_graphs and target.type == "cuda" else None
+
+    @property
+    def graph_failure(self) -> str | None:
+        """Why the package calls are not replayed from CUDA graphs (None while they are, or were never asked to be)."""
+        return None if self._graphs is None else self._graphs.failure
+
+    def _run(self, part: str, key: object, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """One package call, through its CUDA graph where there is one; outputs as a tuple."""
+        package = self._packages[part][0]
+        if self._graphs is not None:
+            return self._graphs.call((part, key), package, inputs)
+        return _call_package(package, inputs)
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -85,7 +113,7 @@ class AOTIRunner(Runner):
         size = self.info.input_size
         if images.dim() != 4 or tuple(images.shape) != (1, 3, size, size):
             raise ValueError(f"images must be [1, 3, {size}, {size}] for this package, got {list(images.shape)}")
-        return self._packages["encoder"][0](images.to(self.device, torch.float32).contiguous())
+        return self._run("encoder", None, (images.to(self.device, torch.float32).contiguous(),))[0]
 
     def decode(
         self,
@@ -105,8 +133,33 @@ class AOTIRunner(Runner):
         if tuple(image_embeddings.shape) != (1, 256, side, side):
             raise ValueError(f"image_embeddings must be [1, 256, {side}, {side}], got {list(image_embeddings.shape)}")
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        iou, masks = self._packages["decoder"][0](*(t.to(self.device, torch.float32).contiguous() for t in inputs))
+        iou, masks = self._run("decoder", points, tuple(t.to(self.device, torch.float32).contiguous() for t in inputs))
         return iou, masks
+
+
+class _GraphReplays:
+    """CUDA graphs of package calls, one per key (part, input shape), captured at first use, one memory pool."""
+
+    def __init__(self) -> None:
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[object, CudaGraphCall] = {}
+        self.failure: str | None = None
+
+    def call(self, key: tuple, package: Callable[..., object], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if self.failure is None and key not in self._graphs:
+            try:
+                self._graphs[key] = CudaGraphCall(lambda *x: _call_package(package, x), inputs, self._pool)
+            except RuntimeError as error:  # the package did something a capture cannot hold
+                self.failure = f"CUDA graph capture of the {key[0]} package failed: {error}"
+                log.warning("%s; calling the packages directly", self.failure)
+        graph = self._graphs.get(key)
+        return graph(*inputs) if graph is not None else _call_package(package, inputs)
+
+
+def _call_package(package: Callable[..., object], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """A loaded package's outputs as a tuple (the encoder's is one tensor, the decoder's a pair)."""
+    outputs = package(*inputs)
+    return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
 
 def _target_device(device: str | None, built: str, directory: Path) -> torch.device:
