@@ -12,8 +12,12 @@ On CUDA each package call is replayed from a CUDA graph (``hrsam.compiled.CudaGr
 ``compiled`` runner does): a package launches Inductor's kernels one by one from C++, and at
 HRSAM's sizes those launches cost about as much as the kernels (docs/BENCHMARKS.md: 5.2 ms
 against 3.3 ms for the same compiled encoder replayed from a graph). The encoder has one graph,
-the decoder one per point count, captured at its first use. Should a capture fail, the runner
-says why once (``graph_failure``, a warning) and calls the packages directly from then on.
+the decoder one per point count, captured at its first use. Such packages are loaded with
+``run_single_threaded``: the package's model container otherwise waits on events of its previous
+run between calls, which a stream capture refuses ("operation not permitted when stream is
+capturing", seen on the H200). A runner is therefore one caller at a time, as the ``compiled``
+runner is (its graphs share static buffers); the demo holds a lock per runner. Should a capture
+fail, the runner says why once (``graph_failure``, a warning) and calls the packages directly.
 """
 
 from __future__ import annotations
@@ -62,11 +66,12 @@ class AOTIRunner(Runner):
                 f"pass precision={built['precision']!r} or export again with --precision {precision}"
             )
         target = _target_device(device, built["device"], directory)
-        self._packages = {part: self._load(directory, sidecar, part, target, precision) for part in AOTI_FILES}
+        replay = cuda_graphs and target.type == "cuda"
+        self._packages = {part: self._load(directory, sidecar, part, target, precision, replay) for part in AOTI_FILES}
         self.max_points = int(self._packages["decoder"][1][META_MAX_POINTS])
         self.embedding_size = sidecar.embedding_size
         self.info = RunnerInfo("aoti", sidecar.model, str(target), precision, sidecar.input_size, sidecar.weights)
-        self._graphs = _GraphReplays() if cuda_graphs and target.type == "cuda" else None
+        self._graphs = _GraphReplays() if replay else None
 
     @property
     def graph_failure(self) -> str | None:
@@ -91,9 +96,13 @@ class AOTIRunner(Runner):
 
     @staticmethod
     def _load(
-        directory: Path, sidecar: Sidecar, part: str, device: torch.device, precision: str
+        directory: Path, sidecar: Sidecar, part: str, device: torch.device, precision: str, single_threaded: bool
     ) -> tuple[object, dict[str, str]]:
-        """(loaded package, its metadata), after checking the metadata against the sidecar."""
+        """(loaded package, its metadata), after checking the metadata against the sidecar.
+
+        ``single_threaded`` drops the container's between-run synchronization, which a CUDA graph
+        capture of the call cannot hold.
+        """
         path = directory / sidecar.aoti[part]["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: export again with `python -m export aoti --out {directory}`")
@@ -101,7 +110,7 @@ class AOTIRunner(Runner):
         if reason is not None:
             raise RuntimeError(reason)
         index = device.index if device.type == "cuda" else -1
-        package = torch._inductor.aoti_load_package(str(path), device_index=index)
+        package = torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded, device_index=index)
         metadata = dict(package.get_metadata())
         sidecar.check_metadata(part, metadata, path.name)
         if metadata.get(META_PRECISION) != precision:
