@@ -5,9 +5,10 @@
 Why: in the compiled decoder (HRSAM at 2048: 128 x 128 embedding, 6 points, bf16, H200) Inductor's
 pattern matcher turns SAM's matmul-softmax-matmul attention into ``scaled_dot_product_attention``,
 which dispatched to cuDNN's kernel: 0.47 of the graph's 1.00 ms in 7 launches (docs/BENCHMARKS.md).
-The issue aims at 1 ms per click. Per choice (PyTorch's default order, then each backend alone,
-set with ``torch.nn.attention.sdpa_kernel`` while Dynamo and Inductor trace), the decoder is
-compiled as ``CompiledRunner`` compiles it (``compile_part``, a CUDA graph), then timed (median of
+The issue aims at 1 ms per click. This run chose the runner's order (``DECODER_SDPA_PRIORITY``,
+flash first). Per choice (PyTorch's default order, the runner's, then each backend alone, given to
+``compile_part`` as its SDPA order), the decoder is compiled as ``CompiledRunner`` compiles it (a
+CUDA graph), then timed (median of
 ``--iters`` replays, CUDA events), its attention kernels named from one profiled replay, and its
 logits compared with the eager fp32 decoder on the same random embedding and prompts. A choice
 that cannot run (no kernel for these shapes) is reported with its error.
@@ -16,25 +17,25 @@ that cannot run (no kernel for these shapes) is reported with its error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
 from benchmarks.compiled import prompts  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
-from hrsam.compiled import CudaGraphCall, DecoderPart, compile_part  # noqa: E402
+from hrsam.compiled import DECODER_SDPA_PRIORITY, CudaGraphCall, DecoderPart, compile_part  # noqa: E402
 from hrsam.modeling.configs import PATCH_SIZE  # noqa: E402
 from hrsam.runner import autocast_dtype_of  # noqa: E402
 
 CHOICES: dict[str, list[SDPBackend] | None] = {
     "default order": None,
+    "runner's order (flash, cuDNN, memory-efficient, math)": DECODER_SDPA_PRIORITY,
     "flash": [SDPBackend.FLASH_ATTENTION],
     "memory-efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "cuDNN": [SDPBackend.CUDNN_ATTENTION],
@@ -55,11 +56,9 @@ def attention_kernels(call: CudaGraphCall, inputs: tuple[torch.Tensor, ...]) -> 
 def measure(name: str, model: nn.Module, inputs: tuple, reference: torch.Tensor, args: argparse.Namespace) -> list:
     """One row: build under the choice, time, name the kernels, compare with eager fp32."""
     torch._dynamo.reset()  # a fresh trace: Dynamo does not guard on the SDPA backend flags
-    backends = CHOICES[name]
     try:
-        with sdpa_kernel(backends) if backends else contextlib.nullcontext():
-            part = compile_part(DecoderPart(model, autocast_dtype_of(args.precision)))
-            call = CudaGraphCall(part, inputs, torch.cuda.graph_pool_handle())
+        part = compile_part(DecoderPart(model, autocast_dtype_of(args.precision)), sdpa_backends=CHOICES[name])
+        call = CudaGraphCall(part, inputs, torch.cuda.graph_pool_handle())
     except Exception as error:  # a backend without a kernel for these shapes: report it, go on
         return [name, "-", "-", f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"]
     with torch.no_grad():

@@ -18,18 +18,27 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.export import Dim
+from torch.nn.attention import SDPBackend
 
 from export.aoti_compiler import pick_compiler
 from export.cli import UserError
 from export.onnx_export import add_model_arguments, check_size, load_from_arguments, make_sidecar, prepare_output_dir
 from hrsam.checkpoint import LoadedModel, file_sha256, weights_sha256
-from hrsam.compiled import INDUCTOR_OPTIONS, DecoderPart, EncoderPart, decoder_example
+from hrsam.compiled import (
+    DECODER_SDPA_PRIORITY,
+    INDUCTOR_OPTIONS,
+    DecoderPart,
+    EncoderPart,
+    decoder_example,
+    sdpa_priority,
+)
 from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, POINTS_AXIS, SIDECAR_FILE, Sidecar
 from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.ops.lowering import aot_lowering
@@ -88,16 +97,21 @@ def _package(
     metadata: dict[str, str],
     autotune: bool,
     compiler: str,
+    sdpa_backends: Sequence[SDPBackend] | None,
 ) -> float:
-    """torch.export (lowered ops) + AOTInductor (wrapper built by ``compiler``) into ``path``; returns the seconds."""
+    """torch.export (lowered ops) + AOTInductor (wrapper built by ``compiler``) into ``path``; returns the seconds.
+
+    ``sdpa_backends``: the attention kernels' priority while Inductor lowers (as the compiled runner).
+    """
     start = time.perf_counter()
-    with torch.no_grad(), aot_lowering():
-        program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
     options = {
         **INDUCTOR_OPTIONS, "max_autotune": autotune, "aot_inductor.metadata": metadata, "cpp.cxx": (compiler,),
     }  # fmt: skip
     path.unlink(missing_ok=True)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+    with sdpa_priority(sdpa_backends):
+        with torch.no_grad(), aot_lowering():
+            program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     return time.perf_counter() - start
 
 
@@ -147,15 +161,15 @@ def export_aoti(
     example = decoder_example(size // PATCH_SIZE, 3, target)
     points = Dim(POINTS_AXIS, min=1, max=max_points)
     parts = {
-        "encoder": (EncoderPart(model, autocast), (torch.randn(1, 3, size, size, device=target),), None, {}),
+        "encoder": (EncoderPart(model, autocast), (torch.randn(1, 3, size, size, device=target),), None, {}, None),
         "decoder": (DecoderPart(model, autocast), example, ({}, {1: points}, {1: points}, {}, {}),
-                    {META_MAX_POINTS: str(max_points)}),
+                    {META_MAX_POINTS: str(max_points)}, DECODER_SDPA_PRIORITY),
     }  # fmt: skip
     seconds, errors = {}, {}
-    for name, (part, args, dynamic, extra) in parts.items():
+    for name, (part, args, dynamic, extra, sdpa_backends) in parts.items():
         path = directory / AOTI_FILES[name]
         metadata = {**sidecar.metadata(name), META_PRECISION: precision, **extra}
-        seconds[name] = _package(part, args, dynamic, path, metadata, max_autotune, compiler)
+        seconds[name] = _package(part, args, dynamic, path, metadata, max_autotune, compiler, sdpa_backends)
         reason = embedded_libstdcxx_reason(path)  # loading it back to check it would end the process
         if reason is not None:
             raise UserError(reason)

@@ -23,6 +23,11 @@ How:
   the decoder's token self-attention and change the masks (``tests/test_compiled.py`` shows it),
   so each P gets its own exact graph; the graphs share one memory pool. Other point counts run
   the compiled decoder without a graph.
+* The decoder is compiled with flash attention first in SDPA's priority (``DECODER_SDPA_PRIORITY``):
+  Inductor rewrites SAM's matmul-softmax-matmul attention into ``scaled_dot_product_attention``,
+  whose default choice on the H200 was cuDNN's kernel; flash made the per-click graph 0.69 ms
+  instead of 1.00 (``benchmarks/decoder_attention.py``, docs/BENCHMARKS.md). Where flash has no
+  kernel (float32) the next backend in the list is taken.
 
 Weights are baked in when the runner is built: load other weights, build another runner.
 """
@@ -36,6 +41,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.modeling.interactive import HRSAMInteractive
@@ -45,6 +51,21 @@ logger = logging.getLogger("hrsam")
 
 DEFAULT_MAX_POINTS = 24  # 23 clicks + SAM's padding point: longer sessions are rare
 INDUCTOR_OPTIONS = {"freezing": True, "comprehensive_padding": False}
+DECODER_SDPA_PRIORITY = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def sdpa_priority(backends: Sequence[SDPBackend] | None) -> contextlib.AbstractContextManager:
+    """SDPA backends tried in this order while a graph is traced (None: PyTorch's default order).
+
+    The choice is made when Inductor lowers the attention, so it must surround the compilation,
+    i.e. the first call of a compiled part (and of an AOTInductor export).
+    """
+    return sdpa_kernel(list(backends), set_priority=True) if backends else contextlib.nullcontext()
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -87,21 +108,24 @@ class DecoderPart(nn.Module):
         return iou.float(), masks.float()
 
 
-def compile_part(part: nn.Module, max_autotune: bool = False) -> Callable[..., object]:
+def compile_part(
+    part: nn.Module, max_autotune: bool = False, sdpa_backends: Sequence[SDPBackend] | None = None
+) -> Callable[..., object]:
     """torch.compile of one part (one graph, no CUDA graphs: the runner captures its own).
 
     Call the result under ``torch.no_grad()``: freezing applies only to graphs traced without
-    gradient recording. ``INDUCTOR_OPTIONS`` are set around every call,
-    not passed as compile options: Dynamo reads ``freezing`` while it traces, and only then does
-    it guard on the identity of the parameters it bakes in, so a graph holding one model's weights
-    is never replayed for another model of the same shapes.
+    gradient recording. ``INDUCTOR_OPTIONS`` and the SDPA order ``sdpa_backends`` are set around
+    every call, not passed as compile options: Dynamo reads ``freezing`` while it traces, and only
+    then does it guard on the identity of the parameters it bakes in, so a graph holding one model's
+    weights is never replayed for another model of the same shapes; a recompilation (a new point
+    count outside the dynamic range) picks attention kernels the same way as the first.
     """
     compiled = torch.compile(
         part, fullgraph=True, options={"max_autotune": max_autotune, "triton.cudagraphs": False}
     )
 
     def call(*inputs: Tensor) -> object:
-        with torch._inductor.config.patch(INDUCTOR_OPTIONS):
+        with torch._inductor.config.patch(INDUCTOR_OPTIONS), sdpa_priority(sdpa_backends):
             return compiled(*inputs)
 
     return call
@@ -221,7 +245,8 @@ class CompiledRunner(Runner):
         self._encoder = CudaGraphCall(compiled, [images], self._pool)
 
     def _build_decoder(self, max_autotune: bool) -> None:
-        self._decode_compiled = compile_part(DecoderPart(self.model, self.autocast_dtype), max_autotune)
+        part = DecoderPart(self.model, self.autocast_dtype)
+        self._decode_compiled = compile_part(part, max_autotune, DECODER_SDPA_PRIORITY)
         embedding, _, _, mask, has_mask = decoder_example(self.embedding_size, 2, self._device)
         self._decoders: dict[int, CudaGraphCall] = {}
         for points in range(2, self.max_points + 1):

@@ -30,7 +30,15 @@ import numpy as np
 import pytest
 import torch
 
-from hrsam.compiled import CompiledRunner, CudaGraphCall, DecoderPart, EncoderPart, compile_part, decoder_example
+from hrsam.compiled import (
+    DECODER_SDPA_PRIORITY,
+    CompiledRunner,
+    CudaGraphCall,
+    DecoderPart,
+    EncoderPart,
+    compile_part,
+    decoder_example,
+)
 from hrsam.modeling.interactive import build_model
 from hrsam.ops import selective_scan, varlen_attention
 from hrsam.ops.lowering import aot_lowering, lowering_active
@@ -202,6 +210,22 @@ def test_compiled_parts_never_share_frozen_weights() -> None:
         for seed in (0, 1):
             part = _Small(seed).eval()
             torch.testing.assert_close(compile_part(part)(x), part(x))
+
+
+def test_compile_part_traces_under_the_sdpa_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of a compiled part (where Dynamo traces and Inductor picks attention kernels) runs
+    under the given SDPA order, and the process-wide order is restored afterwards."""
+
+    def fake_compile(part: object, **_: object) -> object:
+        return lambda *inputs: (torch._C._get_sdp_priority_order(), torch.backends.cuda.flash_sdp_enabled())
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    before = torch._C._get_sdp_priority_order()
+    order, flash_on = compile_part(_Small(0), sdpa_backends=DECODER_SDPA_PRIORITY)(torch.zeros(1, 16))
+    assert order[: len(DECODER_SDPA_PRIORITY)] == [int(backend) for backend in DECODER_SDPA_PRIORITY]
+    assert flash_on
+    assert compile_part(_Small(0))(torch.zeros(1, 16))[0] == before  # no order given: PyTorch's own
+    assert torch._C._get_sdp_priority_order() == before
 
 
 @pytest.mark.slow
