@@ -146,6 +146,9 @@ def decoder_example(embedding_size: int, points: int, device: torch.device) -> t
 class CudaGraphCall:
     """``fn`` captured in a CUDA graph over static inputs; a call copies inputs in and outputs out.
 
+    ``inputs`` become the graph's buffers and every later call overwrites them: pass tensors made
+    for the graph, never ones the caller keeps (an image's cached embedding, say).
+
     Outputs are returned as copies, so results of earlier calls stay valid (the copy of a 512 x 512
     logit map is a few microseconds). Warm-up runs on a side stream before capture, as CUDA graph
     capture requires (lazy initialisation, compilation and autotuning happen there).

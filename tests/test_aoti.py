@@ -31,6 +31,7 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,10 +43,11 @@ from export.cli import UserError
 from export.cli import main as export_main
 from export.onnx_export import make_sidecar
 from hrsam.checkpoint import load_model
+from hrsam.compiled import CudaGraphCall
 from hrsam.contract import META_MAX_POINTS, META_PRECISION, SIDECAR_FILE, Sidecar
 from hrsam.runner import EagerRunner, autocast_dtype_of
 from tests.test_compiled import check_session, click_session, gpu_case
-from trt_runtime import backend_unavailable_reason, open_runner
+from trt_runtime import aoti_runner, backend_unavailable_reason, open_runner
 from trt_runtime.aoti_check import LOCALE_ID_SYMBOL, defined_dynamic_symbols, embedded_libstdcxx_reason
 from trt_runtime.aoti_runner import AOTIRunner
 
@@ -211,6 +213,35 @@ def test_export_passes_over_a_compiler_that_embeds_libstdcxx(tmp_path: Path) -> 
     assert choice.compiler == gxx and choice.passed_over[0][0] == static
     with pytest.raises(UserError, match=r"tried .*static-g\+\+: links its own copy of libstdc\+\+"):
         first_usable((static,))
+
+
+class _ReplayOnCpu(CudaGraphCall):
+    """``CudaGraphCall``'s call path (inputs copied into the capture's tensors, outputs cloned) on a
+    CPU: a replay calls ``fn`` again on those tensors."""
+
+    def __init__(self, fn, inputs, pool) -> None:  # noqa: ANN001 - CudaGraphCall's signature
+        self.inputs = tuple(inputs)
+        self.graph = SimpleNamespace(replay=lambda: setattr(self, "outputs", fn(*self.inputs)))
+
+
+def test_graph_replays_keep_their_own_input_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay copies its inputs into the graph's buffers: those must never be the caller's tensors
+    (an image's cached embedding would become the next image's), and the decoder's embedding buffer
+    serves every point count."""
+    monkeypatch.setattr(aoti_runner, "CudaGraphCall", _ReplayOnCpu)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    replays = aoti_runner._GraphReplays()
+
+    def package(embedding: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return embedding.sum() + coords.sum()
+
+    first, second = torch.ones(4), torch.full((4,), 2.0)
+    got = [replays.call(("decoder", n), package, (e, torch.zeros(n))) for e, n in ((first, 2), (second, 2), (first, 3))]
+    assert [float(out) for (out,) in got] == [4.0, 8.0, 4.0]
+    assert first.eq(1).all() and second.eq(2).all()  # the caller's tensors are untouched
+    two, three = replays._graphs[("decoder", 2)], replays._graphs[("decoder", 3)]
+    assert two.inputs[0] is three.inputs[0] and two.inputs[1] is not three.inputs[1]
+    assert replays.failure is None
 
 
 def test_runner_needs_packages(tmp_path: Path) -> None:

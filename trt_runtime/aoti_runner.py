@@ -147,17 +147,35 @@ class AOTIRunner(Runner):
 
 
 class _GraphReplays:
-    """CUDA graphs of package calls, one per key (part, input shape), captured at first use, one memory pool."""
+    """CUDA graphs of package calls, one per key (part, input shape), captured at first use, one memory pool.
+
+    The graphs read their inputs from buffers of their own, never the caller's tensors: a replay
+    copies the new inputs into them, which would otherwise overwrite, say, an image's cached
+    embedding with the next image's. Buffers of the same part, position and shape are shared
+    (the decoder's embedding and mask buffers serve every point count, as in ``CompiledRunner``).
+    """
 
     def __init__(self) -> None:
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[object, CudaGraphCall] = {}
+        self._buffers: dict[tuple, Tensor] = {}
         self.failure: str | None = None
+
+    def _static(self, part: str, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The graph buffers for ``inputs`` of ``part``, made once per position, shape and dtype."""
+        buffers = []
+        for position, tensor in enumerate(inputs):
+            key = (part, position, tuple(tensor.shape), tensor.dtype)
+            if key not in self._buffers:
+                self._buffers[key] = tensor.clone()
+            buffers.append(self._buffers[key])
+        return tuple(buffers)
 
     def call(self, key: tuple, package: Callable[..., object], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self.failure is None and key not in self._graphs:
             try:
-                self._graphs[key] = CudaGraphCall(lambda *x: _call_package(package, x), inputs, self._pool)
+                static = self._static(key[0], inputs)
+                self._graphs[key] = CudaGraphCall(lambda *x: _call_package(package, x), static, self._pool)
             except RuntimeError as error:  # the package did something a capture cannot hold
                 self.failure = f"CUDA graph capture of the {key[0]} package failed: {error}"
                 log.warning("%s; calling the packages directly", self.failure)
