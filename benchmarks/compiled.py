@@ -147,6 +147,13 @@ class Case:
         packages = AOTIRunner(directory, precision=self.args.precision)
         self.row["aoti load s"] = time.perf_counter() - start
         self.time("aoti", packages)
+        failure = packages.graph_failure
+        self.row["aoti graphs"] = "every call" if failure is None else failure.splitlines()[0][:100]
+        direct, iters = AOTIRunner(directory, precision=self.args.precision, cuda_graphs=False), self.args.iters
+        self.row["aoti direct"] = {
+            "encoder": cuda_median_ms(lambda: direct.encode(self.images), iters=iters),
+            "decoder": cuda_median_ms(lambda: direct.decode(self.embedding, *self.prompt), iters=iters),
+        }
 
 
 def bench_sam(args: argparse.Namespace) -> dict:
@@ -220,11 +227,24 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         markdown_table(["model", "input", "backend", "max logits err vs eager fp32", "tolerance",
                         f"min mask IoU vs eager {p}"], parity),
     ]  # fmt: skip
+    lines += aoti_graphs_section(rows)
     lines += ["", "### Against the issue's targets", "", *targets(rows, sam)]
     if startup is not None:
         lines += ["", f"Compiled runner build of {rows[0]['name']} at {rows[0]['size']} in fresh processes with a new "
                   f"cache: cold {startup[0]:.1f} s, second process {startup[1]:.1f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def aoti_graphs_section(rows: list[dict]) -> list[str]:
+    """AOTI packages replayed from CUDA graphs (the runner's default) against calling them directly."""
+    table = [[r["name"], r["size"], fmt(r["encoder"]["aoti"]), fmt(r["aoti direct"]["encoder"]),
+              fmt(r["decoder"]["aoti"]), fmt(r["aoti direct"]["decoder"]), r["aoti graphs"]]
+             for r in rows if "aoti direct" in r]  # fmt: skip
+    if not table:
+        return []
+    header = ["model", "input", "encoder, graphs", "encoder, direct", "decoder, graphs", "decoder, direct",
+              "replayed from graphs"]  # fmt: skip
+    return ["", "### AOTI: CUDA graph replay vs direct package calls (ms)", "", markdown_table(header, table)]
 
 
 def targets(rows: list[dict], sam: dict) -> list[str]:
