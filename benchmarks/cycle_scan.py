@@ -15,6 +15,9 @@ to max |tiled|.
 - CUDA (``--device cuda``): our Triton backend against ``triton_cycle``; ViT-B's width at HRSAM's
   token counts (1024 input 4096, 2048 input 16384, HRSAM++'s multi-scale sequence at 2048 16384 +
   1024 and its 512 anchor 1024); CUDA-graph medians of ``--repeats``.
+- ``--sweep`` (CUDA): ``triton_cycle``'s launch configuration (``ScanConfig``: warps aimed at per
+  SM, which sets the chunk count; time steps per tile; warps per program) at the same cases, each
+  against the default the kernels were tuned with for the tiled scan's 3x longer sequences.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from tests.test_selective_scan import make_inputs  # noqa: E402
 
 CUDA_CASES = [("HRSAM 1024", 768, 4096), ("HRSAM 2048", 768, 16384),
               ("HRSAM++ 2048 multi-scale", 768, 17408), ("HRSAM++ anchor", 768, 1024)]  # fmt: skip
+# (warps aimed at per SM, time steps per tile, warps per program) for --sweep
+SWEEP = [(w, s, n) for w in (12, 24, 48, 96, 192) for s in (4, 8) for n in (1, 2)]
 CPU_CASES = [("hrsam_tiny 512", 192, 1024), ("hrsam_tiny 1024", 192, 4096), ("ViT-B 1024", 768, 4096)]
 
 
@@ -59,6 +64,30 @@ def measure(name: str, dim: int, length: int, device: str, repeats: int) -> list
     return [name, dim, length, *cells, f"{times[0] / times[1]:.2f}x", f"{error:.1e}"]
 
 
+def sweep_rows(name: str, dim: int, length: int, repeats: int) -> list[list[object]]:
+    """The L-step kernels at each ``SWEEP`` configuration: ms, ratio to the default, difference to its output.
+
+    Imported here: Triton is optional where the CPU cases run.
+    """
+    from hrsam.ops.selective_scan import triton_cycle
+    from hrsam.ops.selective_scan.triton_kernel import DEFAULT_CONFIG, ScanConfig
+
+    inputs = [t.cuda() for t in make_inputs(1, dim, 32, length, torch.float32)]
+    weights = torch.rand(dim, 3, device="cuda") + 0.5
+    rows = []
+    with torch.no_grad():
+        want = triton_cycle.cycle_scan_triton(*inputs, weights, True, config=DEFAULT_CONFIG)
+        base = cuda_graph_median_ms(lambda: triton_cycle.cycle_scan_triton(*inputs, weights, True), iters=repeats)
+        for warps_per_sm, steps, warps in SWEEP:
+            config = ScanConfig(block_d=32 * warps, num_warps=warps, warps_per_sm=warps_per_sm, steps=steps)
+            call = lambda config=config: triton_cycle.cycle_scan_triton(*inputs, weights, True, config=config)  # noqa: E731
+            error = ((call() - want).abs().max() / want.abs().max()).item()
+            ms = cuda_graph_median_ms(call, iters=repeats)
+            label = f"warps/SM {config.warps_per_sm}, steps {config.steps}, warps {config.num_warps}"
+            rows.append([name, length, label, f"{ms:.3f}", f"{base / ms:.2f}x", f"{error:.1e}"])
+    return rows
+
+
 def encoder_rows(repeats: int) -> list[list[object]]:
     """hrsam_tiny's encoder at 1024, eager inference on the CPU, with the kernel and with the tiled scan."""
     encoder = build_model("hrsam_tiny").encoder.eval()
@@ -76,6 +105,7 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 7 CPU, 30 CUDA)")
     parser.add_argument("--encoder", action="store_true", help="CPU: also the hrsam_tiny encoder at 1024")
+    parser.add_argument("--sweep", action="store_true", help="CUDA: the L-step kernels' launch configurations")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -91,6 +121,10 @@ def main() -> int:
     text += markdown_table(header, rows) + "\n"
     if args.encoder and args.device == "cpu":
         text += "\n" + markdown_table(["model", "scan", "ms, median (best)"], encoder_rows(3)) + "\n"
+    if args.sweep and args.device == "cuda":
+        sweep = [row for name, dim, length in cases for row in sweep_rows(name, dim, length, repeats)]
+        header = ["sequence", "L", "configuration", "ms", "default / this", "max rel. diff to default"]
+        text += "\n" + markdown_table(header, sweep) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
