@@ -1,10 +1,11 @@
-"""Timing helpers shared by the benchmark scripts: CUDA events, warm-up, median of N."""
+"""Helpers shared by the benchmark scripts: CUDA events, warm-up, median of N, the environment line, reports."""
 
 from __future__ import annotations
 
 import platform
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -57,3 +58,10 @@ def cuda_graph_median_ms(fn: Callable[[], object], warmup: int = 3, iters: int =
     with torch.cuda.graph(graph):
         fn()
     return cuda_median_ms(graph.replay, warmup=warmup, iters=iters)
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write a benchmark's markdown to ``path`` (its folder made if missing) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)

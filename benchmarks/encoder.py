@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import cuda_median_ms, environment, markdown_table, write_report  # noqa: E402
 from hrsam.modeling.configs import get_config  # noqa: E402
 from hrsam.modeling.encoder import HRSAMEncoder  # noqa: E402
 from hrsam.modeling.sam_decoder import sam_modeling  # noqa: E402
@@ -180,9 +180,7 @@ def main() -> int:
                 shown = f"{result.median_ms:.1f} ms" if result.median_ms is not None else result.note
                 print(f"{LABELS[name]:>16} {size:>5} {result.precision:>5}: {shown}", flush=True)
     text = markdown(results, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import cuda_median_ms, environment, markdown_table, write_report  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import CudaGraphCall, EncoderPart, compile_part  # noqa: E402
 from hrsam.runner import autocast_dtype_of  # noqa: E402
@@ -92,9 +92,7 @@ def main() -> int:
     header = ["Inductor options", "graph ms", "build s", f"max err vs eager {args.precision}", "vs eager fp32"]
     text = "\n".join([f"## Compiled encoder under Inductor options: {args.model} at {args.size}, {args.precision}",
                       "", f"- {environment()}", "", markdown_table(header, rows), ""])  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

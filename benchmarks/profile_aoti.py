@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import environment  # noqa: E402
+from benchmarks.common import environment, write_report  # noqa: E402
 from benchmarks.profile_encoder import category_table, kernel_times, top_kernels  # noqa: E402
 from export.aoti import export_aoti  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
@@ -59,9 +59,7 @@ def main() -> int:
              "Top AOTI kernels:", "", top_kernels(packaged, packaged_origins, 25), "",
              "Top compiled kernels:", "", top_kernels(fast, fast_origins, 25), ""]  # fmt: skip
     text = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

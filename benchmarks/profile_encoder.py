@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_graph_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import cuda_graph_median_ms, environment, markdown_table, write_report  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import DecoderPart, EncoderPart, compile_part, decoder_example  # noqa: E402
 from hrsam.modeling.configs import CONFIGS, PATCH_SIZE  # noqa: E402
@@ -193,9 +193,7 @@ def main() -> int:
     lines += profile_part(f"decoder, {side}x{side} embedding, {args.points} points", DecoderPart(model, autocast),
                           prompts, args)  # fmt: skip
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_report(args.out, text)
     return 0
 
 
