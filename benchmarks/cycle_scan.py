@@ -75,14 +75,17 @@ def sweep_rows(name: str, dim: int, length: int, repeats: int) -> list[list[obje
     inputs = [t.cuda() for t in make_inputs(1, dim, 32, length, torch.float32)]
     weights = torch.rand(dim, 3, device="cuda") + 0.5
     rows = []
+
+    def call(config: ScanConfig) -> torch.Tensor:
+        return triton_cycle.cycle_scan_triton(*inputs, weights, True, config=config)
+
     with torch.no_grad():
-        want = triton_cycle.cycle_scan_triton(*inputs, weights, True, config=DEFAULT_CONFIG)
-        base = cuda_graph_median_ms(lambda: triton_cycle.cycle_scan_triton(*inputs, weights, True), iters=repeats)
+        want = call(DEFAULT_CONFIG)
+        base = cuda_graph_median_ms(lambda: call(DEFAULT_CONFIG), iters=repeats)
         for warps_per_sm, steps, warps in SWEEP:
             config = ScanConfig(block_d=32 * warps, num_warps=warps, warps_per_sm=warps_per_sm, steps=steps)
-            call = lambda config=config: triton_cycle.cycle_scan_triton(*inputs, weights, True, config=config)  # noqa: E731
-            error = ((call() - want).abs().max() / want.abs().max()).item()
-            ms = cuda_graph_median_ms(call, iters=repeats)
+            error = ((call(config) - want).abs().max() / want.abs().max()).item()
+            ms = cuda_graph_median_ms(lambda config=config: call(config), iters=repeats)
             label = f"warps/SM {config.warps_per_sm}, steps {config.steps}, warps {config.num_warps}"
             rows.append([name, length, label, f"{ms:.3f}", f"{base / ms:.2f}x", f"{error:.1e}"])
     return rows
