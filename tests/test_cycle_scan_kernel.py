@@ -280,3 +280,18 @@ def test_gpu_encoder_kernel_path_matches_the_tiled_path() -> None:
     error = ((got - want).abs().max() / want.abs().max()).item()
     print(f"encoder: {error:.1e}")
     assert error < 1e-4
+
+
+def test_the_lowered_op_names_its_kernels_for_inductor() -> None:
+    """Inductor compiles a triton_op's kernels into a package from the list ``triton_op`` finds by
+    reading the op's source (``wrap_triton(kernel)`` calls, through the launcher it calls): all
+    three L-step kernels must be on it, or a package would miss one."""
+    pytest.importorskip("triton")
+    from torch._library import triton as library_triton
+
+    from hrsam.ops.selective_scan.inductor import triton_cycle_op
+
+    triton_cycle_op()
+    kernels = library_triton.triton_ops_to_kernels["hrsam::cycle_scan_triton"]
+    names = sorted(getattr(kernel, "fn", kernel).__name__ for kernel in kernels)
+    assert names == ["_chunk_state_kernel", "_cycle_carry_kernel", "_cycle_output_kernel"]
