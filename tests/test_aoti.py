@@ -44,7 +44,7 @@ from export.cli import main as export_main
 from export.onnx_export import make_sidecar
 from hrsam.checkpoint import load_model
 from hrsam.compiled import CudaGraphCall
-from hrsam.contract import META_MAX_POINTS, META_PRECISION, SIDECAR_FILE, Sidecar
+from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, SIDECAR_FILE, Sidecar
 from hrsam.runner import EagerRunner, autocast_dtype_of
 from tests.test_compiled import check_session, click_session, gpu_case
 from trt_runtime import aoti_runner, backend_unavailable_reason, open_runner
@@ -321,3 +321,11 @@ def test_gpu_package_matches_eager_over_a_session(tmp_path: Path) -> None:
     for (_, _, from_graph), (_, _, called) in zip(replayed, direct, strict=True):
         assert np.array_equal(from_graph, called)  # the same kernels on the same inputs
     run_without_hrsam(directory, runner, tmp_path)
+    # The Cycle-scan went in as its L-step kernels (hrsam::cycle_scan_triton), not the tiled scan.
+    assert package_mentions(directory / AOTI_FILES["encoder"], b"_cycle_output_kernel")
+
+
+def package_mentions(package: Path, text: bytes) -> bool:
+    """Whether any member of a ``.pt2`` archive (wrapper source, libraries, kernel binaries) holds ``text``."""
+    with zipfile.ZipFile(package) as archive:
+        return any(text in archive.read(member) for member in archive.namelist())

@@ -9,9 +9,12 @@ definition (one and several tiles, uneven dim / N / L, R = 1, 2, 3, softplus on 
 takes the kernel (``cycle_kernel_unsupported``), the errors ``cycle_scan`` raises, and that the
 export check reads the right flag inside real compile / export traces. The Triton kernels
 (``triton_cycle``) under Triton's interpreter (subprocess): float32 within 1e-6 of the definition
-on shapes with one and several chunks, bfloat16 within 2e-2, the module through them equal to its
-tiled path (5e-6); and a real sm_90 compile of the two new kernels (the interpreter does not
-type-check Triton code).
+on shapes with one and several chunks, bfloat16 within 2e-2, the same through the ``triton_op``
+AOTInductor exports trace (``hrsam::cycle_scan_triton``, 1e-6), the module through them equal to
+its tiled path (5e-6); which op an AOTInductor export reaches; and a real sm_90 compile of the
+two new kernels (the interpreter does not type-check Triton code). The interpreter cannot trace
+a ``triton_op`` (torch.export hands its launches fake tensors), so the package's compile of the
+kernels is a GPU test's (``tests/test_aoti.py``).
 
 GPU (marker ``gpu``): HRSAM's full-size call (dim 768, N 32, L 16384 and 4096, R 3) against the
 tiled Triton scan, and the HRSAM encoder's eager output with the kernel path against the tiled path.
@@ -62,6 +65,17 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
             error = relative(triton_cycle.cycle_scan_triton(*inputs, weights, softplus), want)
             assert error < 1e-6, (case, repeats, softplus, error)
             print(f"{case} R={repeats} softplus={softplus}: {error:.1e}")
+    # The triton_op an AOTInductor export traces (its launches through wrap_triton): same result.
+    from hrsam.ops.selective_scan.inductor import triton_cycle_op
+
+    inputs = make_inputs(2, 64, 32, 333, torch.float32, seed=3)
+    weights = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
+    want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), True)
+    error = relative(triton_cycle_op()(*inputs, weights, True), want)
+    assert error < 1e-6, error
+    assert torch.ops.hrsam.cycle_scan_triton.default is not None
+    print(f"triton_op: {error:.1e}")
+
     inputs = make_inputs(1, 40, 7, 150, torch.bfloat16, seed=5)
     weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
     want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), True)
@@ -106,8 +120,8 @@ def test_when_the_model_takes_the_kernel() -> None:
     cpu_reason = cpu_backend.unavailable_reason()  # None where the C kernel builds (CI has gcc)
     assert cycle_kernel_unsupported(u, *rest, weights) == cpu_reason
     assert "float64" in cycle_kernel_unsupported(u.double(), *rest, weights)
-    with aot_lowering():
-        assert "AOTInductor" in cycle_kernel_unsupported(u, *rest, weights)
+    with aot_lowering():  # a CPU package keeps the tiled scan
+        assert "AOTInductor package for this device" in cycle_kernel_unsupported(u, *rest, weights)
     with mock.patch.object(torch.compiler, "_is_exporting_flag", True):
         assert "export" in cycle_kernel_unsupported(u, *rest, weights)
     with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
@@ -129,6 +143,32 @@ def test_when_the_model_takes_the_kernel() -> None:
             assert "needs Triton" in cycle_kernel_unsupported(u, *rest, weights.detach())
         with mock.patch.object(cycle, "_KERNELS", object()):
             assert cycle_kernel_unsupported(u, *rest, weights.detach()) is None
+            with aot_lowering():  # a CUDA package compiles the L-step kernels in
+                assert cycle_kernel_unsupported(u, *rest, weights.detach()) is None
+        with mock.patch.object(cycle, "_KERNELS", None), aot_lowering():
+            assert "needs Triton" in cycle_kernel_unsupported(u, *rest, weights.detach())
+
+
+def test_an_aoti_export_traces_the_kernels_triton_op() -> None:
+    """Under ``aot_lowering()`` a CUDA call goes to ``hrsam::cycle_scan_triton`` (kernels an AOTInductor
+    package compiles in), elsewhere to the opaque ``hrsam::cycle_scan``. Both faked: no GPU here."""
+    inputs = make_inputs(1, 8, 4, 20, torch.float32)
+    weights = torch.ones(8, 3)
+    calls = []
+    lowered = mock.Mock(side_effect=lambda *args: calls.append("lowered") or args[0])
+    opaque = mock.Mock(side_effect=lambda *args: calls.append("opaque") or args[0])
+    with (
+        mock.patch.object(torch.Tensor, "is_cuda", property(lambda self: True)),
+        mock.patch.object(cycle, "_KERNELS", object()),
+        mock.patch.object(cycle, "triton_cycle_op", lambda: lowered),
+        mock.patch.object(cycle, "cycle_scan_op", opaque),
+        torch.no_grad(),
+    ):
+        with aot_lowering():
+            cycle_scan(*inputs, weights)
+        cycle_scan(*inputs, weights)
+    assert calls == ["lowered", "opaque"]
+    assert lowered.call_args.args[-2] is weights and lowered.call_args.args[-1] is True
 
 
 def test_cycle_scan_names_bad_inputs() -> None:
@@ -240,3 +280,18 @@ def test_gpu_encoder_kernel_path_matches_the_tiled_path() -> None:
     error = ((got - want).abs().max() / want.abs().max()).item()
     print(f"encoder: {error:.1e}")
     assert error < 1e-4
+
+
+def test_the_lowered_op_names_its_kernels_for_inductor() -> None:
+    """Inductor compiles a triton_op's kernels into a package from the list ``triton_op`` finds by
+    reading the op's source (``wrap_triton(kernel)`` calls, through the launcher it calls): all
+    three L-step kernels must be on it, or a package would miss one."""
+    pytest.importorskip("triton")
+    from torch._library import triton as library_triton
+
+    from hrsam.ops.selective_scan.inductor import triton_cycle_op
+
+    triton_cycle_op()
+    kernels = library_triton.triton_ops_to_kernels["hrsam::cycle_scan_triton"]
+    names = sorted(getattr(kernel, "fn", kernel).__name__ for kernel in kernels)
+    assert names == ["_chunk_state_kernel", "_cycle_carry_kernel", "_cycle_output_kernel"]

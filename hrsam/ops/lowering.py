@@ -6,7 +6,8 @@ Inductor calls them as black boxes. An AOTInductor package cannot run such an op
 inside ``aot_lowering()``, which AOTInductor exporters put around their ``torch.export`` call,
 the ops' Python wrappers route to *lowered* forms (``hrsam.ops.selective_scan.inductor``,
 ``hrsam.ops.varlen_attention.inductor``) that Inductor compiles in (any device: a CPU package
-needs them too).
+needs them too). ``hrsam::cycle_scan`` has one on CUDA only (its kernels' ``triton_op``); CPU
+packages trace the Cycle-scan's tiled form instead.
 
 Everything else (eager calls, ``torch.compile``, ``torch.export`` and ``torch.onnx.export``
 outside ``aot_lowering()``) sees the original ops. ``torch.compile`` keeps them opaque because

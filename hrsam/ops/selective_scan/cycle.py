@@ -23,10 +23,11 @@ P_L (no outputs), one for y: two passes over L instead of one over R L, 2.0-2.7x
 tiled scan on the development CPU (docs/BENCHMARKS.md). On CUDA, ``triton_cycle``: the chunked
 Triton passes over L, a third of the tiled scan's exponentials. ``cycle_kernel_unsupported`` says
 when the model takes a kernel: CUDA tensors with Triton (in torch.compile traces too: the op is
-opaque to Inductor), or CPU tensors outside torch.compile traces with the C kernel built; no
-gradient needed (they have no backward), no export or AOTInductor trace (those keep the contract's
-tiled form), and no other scan backend forced in eager code (``use_backend`` /
-``HRSAM_SELECTIVE_SCAN_BACKEND``);
+opaque to Inductor; in an AOTInductor export through ``hrsam::cycle_scan_triton``, the kernels'
+``triton_op`` that the package compiles in), or CPU tensors outside torch.compile traces with the
+C kernel built; no gradient needed (they have no backward), no ONNX or torch.export trace (those
+keep the contract's tiled form, as CPU packages do), and no other scan backend forced in eager
+code (``use_backend`` / ``HRSAM_SELECTIVE_SCAN_BACKEND``);
 ``HRSAM_CYCLE_SCAN_KERNEL=0`` in the environment turns it off.
 """
 
@@ -42,6 +43,7 @@ from torch import Tensor
 from hrsam.ops.backend import forced_backend
 from hrsam.ops.lowering import lowering_active
 from hrsam.ops.selective_scan import OP, _validate, cpu_backend
+from hrsam.ops.selective_scan.inductor import triton_cycle_op
 from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
 
 
@@ -99,12 +101,14 @@ def cycle_kernel_unsupported(u: Tensor, *tensors: Tensor) -> str | None:
         return "disabled by HRSAM_CYCLE_SCAN_KERNEL=0"
     if u.dtype == torch.float64:
         return "float64 inputs (the kernel keeps a float32 state)"
-    if lowering_active():
-        return "an AOTInductor export traces the tiled scan's lowered form"
-    if _exporting():
-        return "an export keeps the contract's tiled SelectiveScan node"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *tensors)):
         return "gradients are needed and the kernel has no backward"
+    if lowering_active():  # an AOTInductor export: the kernels' traceable form, CUDA only
+        if not u.is_cuda:
+            return "an AOTInductor package for this device keeps the tiled scan's lowered form"
+        return None if _KERNELS is not None else "needs Triton, and CUDA when hrsam was imported"
+    if _exporting():
+        return "an export keeps the contract's tiled SelectiveScan node"
     if u.is_cuda:
         if _KERNELS is None:
             return "needs Triton, and CUDA when hrsam was imported"
@@ -195,4 +199,6 @@ def cycle_scan(
     reason = cycle_kernel_unsupported(u, delta, A, B, C, D, delta_bias, weights)
     if reason is not None:
         raise ValueError(f"cycle_scan: the L-step kernel cannot run: {reason}")
+    if lowering_active():  # traced for an AOTInductor package: kernels it compiles in (hrsam.ops.lowering)
+        return triton_cycle_op()(u, delta, A, B, C, D, delta_bias, weights, bool(delta_softplus))
     return cycle_scan_op(u, delta, A, B, C, D, delta_bias, weights, bool(delta_softplus))

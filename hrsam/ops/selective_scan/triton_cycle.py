@@ -20,6 +20,9 @@ whose backward exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -28,6 +31,7 @@ from hrsam.ops.selective_scan.triton_kernel import (
     _CARRY_TILE,
     ScanConfig,
     _chunk_state_kernel,
+    _direct,
     _scan_chunk,
     _scan_chunk_summaries,
     prepare_chunk_launch,
@@ -107,8 +111,15 @@ def cycle_scan_triton(
     weights: torch.Tensor,
     delta_softplus: bool,
     config: ScanConfig | None = None,
+    wrap_triton: Callable[[Any], Any] | None = None,
 ) -> torch.Tensor:
-    """y [batch, dim, L] in u's dtype; inputs validated (``cycle.cycle_scan``), weights [dim, R] float32."""
+    """y [batch, dim, L] in u's dtype; inputs validated (``cycle.cycle_scan``), weights [dim, R] float32.
+
+    wrap_triton: as ``triton_kernel.selective_scan_triton``'s: ``torch.library.wrap_triton`` makes
+    the three launches traceable, so an AOTInductor package compiles them in
+    (``hrsam.ops.selective_scan.inductor``); None launches directly.
+    """
+    wrap_triton = wrap_triton or _direct
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     weights = weights.float()
@@ -119,17 +130,17 @@ def cycle_scan_triton(
     entering = torch.empty_like(states)
     dt_sums = torch.empty(batch, go.n_chunks, dim, device=u.device, dtype=torch.float32)
     state_strides = (states.stride(1), states.stride(2))
-    _chunk_state_kernel[(go.n_chunks, go.d_blocks, batch)](
+    wrap_triton(_chunk_state_kernel)[(go.n_chunks, go.d_blocks, batch)](
         go.u, go.delta, go.A_t, go.B_t, go.D, go.delta_bias, states, dt_sums,
         dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
     )  # fmt: skip
     nc = triton.next_power_of_2(go.n_chunks)
     block_nd = max(1, _CARRY_TILE // nc)
-    _cycle_carry_kernel[(triton.cdiv(dstate * dim, block_nd), batch)](
+    wrap_triton(_cycle_carry_kernel)[(triton.cdiv(dstate * dim, block_nd), batch)](
         states, dt_sums, go.A_t, weights, entering, dim, dstate, go.n_chunks, weights.stride(0), weights.stride(1),
         NC=nc, BLOCK_ND=block_nd, REPEATS=weights.shape[1], num_warps=4,
     )  # fmt: skip
-    _cycle_output_kernel[(go.n_chunks, go.d_blocks, batch)](
+    wrap_triton(_cycle_output_kernel)[(go.n_chunks, go.d_blocks, batch)](
         go.u, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, entering, total,
         dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
     )  # fmt: skip
