@@ -103,15 +103,13 @@ def cycle_kernel_unsupported(u: Tensor, *tensors: Tensor) -> str | None:
         return "float64 inputs (the kernel keeps a float32 state)"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *tensors)):
         return "gradients are needed and the kernel has no backward"
+    if u.is_cuda and _KERNELS is None:
+        return "needs Triton, and CUDA when hrsam was imported"
     if lowering_active():  # an AOTInductor export: the kernels' traceable form, CUDA only
-        if not u.is_cuda:
-            return "an AOTInductor package for this device keeps the tiled scan's lowered form"
-        return None if _KERNELS is not None else "needs Triton, and CUDA when hrsam was imported"
+        return None if u.is_cuda else "an AOTInductor package for this device keeps the tiled scan's lowered form"
     if _exporting():
         return "an export keeps the contract's tiled SelectiveScan node"
     if u.is_cuda:
-        if _KERNELS is None:
-            return "needs Triton, and CUDA when hrsam was imported"
         return None if torch.compiler.is_compiling() else _forced_elsewhere("triton")
     if u.device.type != "cpu":
         return f"no L-step kernel for {u.device.type} tensors (the tiled scan runs)"
