@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_graph_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import cuda_graph_median_ms, environment, markdown_table, write_report  # noqa: E402
 from benchmarks.cpu_scan import cpu_model, timed_ms  # noqa: E402
 from hrsam.modeling.interactive import build_model  # noqa: E402
 from hrsam.ops.selective_scan import cycle, selective_scan  # noqa: E402
@@ -128,9 +128,10 @@ def main() -> int:
         sweep = [row for name, dim, length in cases for row in sweep_rows(name, dim, length, repeats)]
         header = ["sequence", "L", "configuration", "ms", "default / this", "max rel. diff to default"]
         text += "\n" + markdown_table(header, sweep) + "\n"
-    print(text)
     if args.out:
-        args.out.write_text(text)
+        write_report(args.out, text)
+    else:
+        print(text)
     return 0
 
 
