@@ -58,6 +58,17 @@ class AotiResult:
     errors: dict[str, float]
 
 
+# Weight-only work (autocast's casts of the float32 weights, transposes) is folded once, when a
+# package is loaded: runtime constant folding. The compiled runner's ``freezing`` would fold it at
+# build time, but freezing an exported encoder fails in Inductor (torch 2.13, the CPU build here):
+# ``constant_fold`` deletes a shared index tensor that another node still reads. Packaged without
+# either, every call re-cast the weights: 0.25 ms of the encoder at 1024 on the H200
+# (docs/BENCHMARKS.md).
+AOTI_OPTIONS = {
+    **INDUCTOR_OPTIONS, "freezing": False, "aot_inductor.use_runtime_constant_folding": True,
+}  # fmt: skip
+
+
 def check_device(device: str) -> torch.device:
     """The build device: packages run only on the kind of device they were compiled for."""
     try:
@@ -105,13 +116,14 @@ def _package(
     """
     start = time.perf_counter()
     options = {
-        **INDUCTOR_OPTIONS, "max_autotune": autotune, "aot_inductor.metadata": metadata, "cpp.cxx": (compiler,),
+        **AOTI_OPTIONS, "max_autotune": autotune, "aot_inductor.metadata": metadata, "cpp.cxx": (compiler,),
     }  # fmt: skip
     path.unlink(missing_ok=True)
     with sdpa_priority(sdpa_backends):
-        with torch.no_grad(), aot_lowering():
-            program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+        with torch.no_grad():
+            with aot_lowering():
+                program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     return time.perf_counter() - start
 
 

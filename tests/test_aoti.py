@@ -37,8 +37,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.aoti import export_aoti
-from export.aoti_compiler import candidates, embeds_libstdcxx_reason, first_usable
+from export.aoti import _package, export_aoti
+from export.aoti_compiler import candidates, embeds_libstdcxx_reason, first_usable, pick_compiler
 from export.cli import UserError
 from export.cli import main as export_main
 from export.onnx_export import make_sidecar
@@ -114,6 +114,35 @@ def run_without_hrsam(directory: Path, runner: AOTIRunner, scratch: Path) -> Non
     _, masks = runner.decode(embedding, *(t.to(runner.device) for t in prompts))
     torch.testing.assert_close(out["embedding"], embedding.cpu(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["masks"], masks.cpu(), atol=1e-5, rtol=1e-5)
+
+
+class AutocastLinear(torch.nn.Module):
+    """A float32 Linear run under bf16 autocast, as ``EncoderPart`` runs the model's projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.proj(x).float()
+
+
+@pytest.mark.slow
+def test_packages_hold_weights_cast_once(tmp_path: Path) -> None:
+    """Autocast's weight casts are folded into constants when the package loads, not done per call.
+
+    Without runtime constant folding (and without freezing, which Inductor cannot apply to the
+    encoder's exported graph) every call re-cast the float32 weights. Inductor names the constants it
+    folds at load ``_FOLDED_CONST_*``.
+    """
+    part, x = AutocastLinear().eval(), torch.randn(4, 32)
+    path = tmp_path / "linear.pt2"
+    _package(part, (x,), None, path, {}, False, pick_compiler().compiler, None)
+    package = torch._inductor.aoti_load_package(str(path))
+    assert any(name.startswith("_FOLDED_CONST_") for name in package.get_constant_fqns())
+    with torch.no_grad():
+        torch.testing.assert_close(package(x), part(x))
 
 
 @pytest.mark.slow
