@@ -228,6 +228,35 @@ def test_compile_part_traces_under_the_sdpa_priority(monkeypatch: pytest.MonkeyP
     assert torch._C._get_sdp_priority_order() == before
 
 
+_FRESH_PROCESS_SDPA_CHOICE = textwrap.dedent(
+    """
+    import torch
+    from hrsam.compiled import DECODER_SDPA_PRIORITY, sdpa_priority
+
+    # The decoder's token-to-image attention at 128 x 128 embeddings (8 heads of 16), bf16.
+    keys = torch.randn(1, 8, 128 * 128, 16, device="cuda", dtype=torch.bfloat16)
+    with sdpa_priority(DECODER_SDPA_PRIORITY):
+        print("choice", int(torch._fused_sdp_choice(keys[:, :, :11], keys, keys)))
+    """
+)
+
+
+@pytest.mark.gpu
+@cuda
+def test_sdpa_priority_holds_in_a_fresh_process() -> None:
+    """The first attention a process dispatches must not replace our order with PyTorch's default.
+
+    A fresh process, because in this one an earlier test may already have dispatched attention
+    (which hides the problem). Fails where PyTorch prefers cuDNN (the H200) without
+    ``_settle_default_sdpa_order``.
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-c", _FRESH_PROCESS_SDPA_CHOICE]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"choice {int(DECODER_SDPA_PRIORITY[0])}" in done.stdout, done.stdout
+
+
 @pytest.mark.slow
 def test_torch_compile_traces_both_parts_on_cpu() -> None:
     """fullgraph torch.compile (CPU Inductor, freezing) of both halves equals eager."""
