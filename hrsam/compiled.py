@@ -57,6 +57,12 @@ DECODER_SDPA_PRIORITY = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.MATH,
 ]
+_EVERY_SDPA_BACKEND = [
+    SDPBackend.MATH,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+]
 
 
 def sdpa_priority(backends: Sequence[SDPBackend] | None) -> contextlib.AbstractContextManager:
@@ -79,11 +85,13 @@ def _settle_default_sdpa_order() -> None:
     the order in force with cuDNN-first. In a fresh process our priority was therefore lost
     whenever the decoder's compile was the process's first attention: the H200 ran cuDNN's
     kernel, 1.04 ms per click at 128 x 128 embeddings against 0.72 ms with flash. A backend
-    choice on a tiny tensor dispatches no kernel and settles the default.
+    choice on a tiny tensor dispatches no kernel and settles the default; every backend is enabled
+    for it, so that a caller's narrower ``sdpa_kernel`` context cannot make the choice fail.
     """
     if torch.cuda.is_available():
         tiny = torch.zeros(1, 1, 1, 8, device="cuda", dtype=torch.float16)
-        torch._fused_sdp_choice(tiny, tiny, tiny)
+        with sdpa_kernel(_EVERY_SDPA_BACKEND):
+            torch._fused_sdp_choice(tiny, tiny, tiny)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
