@@ -20,11 +20,8 @@ bits through 12 blocks). Masks: IoU >= 0.99 per click against eager at the same 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,10 +43,10 @@ from hrsam.ops.selective_scan.inductor import selective_scan_lowered
 from hrsam.ops.varlen_attention.inductor import varlen_attention_lowered
 from hrsam.predictor import HRSAMPredictor
 from hrsam.runner import EagerRunner, Runner, autocast_dtype_of
+from tests.fresh_python import run_python
 from tests.test_selective_scan import make_inputs
 from trt_runtime import backend_unavailable_reason, open_runner
 
-REPO = Path(__file__).resolve().parents[1]
 RELATIVE_TOLERANCE = {"fp32": 1e-3, "bf16": 6e-2, "fp16": 2e-2}
 MIN_MASK_IOU = 0.99
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -154,11 +151,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 def test_triton_scan_op_under_the_interpreter() -> None:
     """The triton_op's body (launcher with a wrap_triton hook) runs the kernels correctly."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-c", _INTERPRETER_SCRIPT]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "triton_op ok" in done.stdout
+    assert "triton_op ok" in run_python(["-c", _INTERPRETER_SCRIPT], TRITON_INTERPRET="1")
 
 
 def test_not_a_point_padding_changes_the_decoder() -> None:
@@ -250,11 +243,8 @@ def test_sdpa_priority_holds_in_a_fresh_process() -> None:
     (which hides the problem). Fails where PyTorch prefers cuDNN (the H200) without
     ``_settle_default_sdpa_order``.
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-c", _FRESH_PROCESS_SDPA_CHOICE]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"choice {int(DECODER_SDPA_PRIORITY[0])}" in done.stdout, done.stdout
+    stdout = run_python(["-c", _FRESH_PROCESS_SDPA_CHOICE])
+    assert f"choice {int(DECODER_SDPA_PRIORITY[0])}" in stdout, stdout
 
 
 @pytest.mark.slow

@@ -22,11 +22,7 @@ tiled Triton scan, and the HRSAM encoder's eager output with the kernel path aga
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -37,11 +33,9 @@ from hrsam.ops import use_backend
 from hrsam.ops.lowering import aot_lowering
 from hrsam.ops.selective_scan import cpu_backend, cycle
 from hrsam.ops.selective_scan.cycle import cycle_kernel_unsupported, cycle_scan, cycle_scan_tiled
+from tests.fresh_python import run_python
 from tests.test_compiled import traced_values
 from tests.test_selective_scan import make_inputs
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 _INTERPRETER_SCRIPT = textwrap.dedent(
     """
@@ -106,12 +100,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
 def test_kernel_under_the_interpreter() -> None:
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "cycle ok" in done.stdout, done.stdout
+    stdout = run_python(["-c", _INTERPRETER_SCRIPT], TRITON_INTERPRET="1")
+    assert "cycle ok" in stdout, stdout
 
 
 def test_when_the_model_takes_the_kernel() -> None:

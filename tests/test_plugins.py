@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from plugins import aot, attention, scan
 from plugins.aot import LaunchSpec, compile_launch, ptx_params, reorder_ptx_params, specialize
 from plugins.definitions import PLUGINS
 from plugins.lowering import lower_for_tensorrt
+from tests.fresh_python import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SM90 = 90
@@ -270,11 +269,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
 
 def test_lowered_graph_runs_like_tensorrt_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-c", _INTERPRETER_SCRIPT]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "plugins ok" in done.stdout
+    assert "plugins ok" in run_python(["-c", _INTERPRETER_SCRIPT], TRITON_INTERPRET="1")
 
 
 def test_autotune_types_cover_every_io():
@@ -291,8 +286,4 @@ def test_autotune_types_cover_every_io():
 def test_tensorrt_plugin_glue_accepts_our_plugins():
     """NVIDIA's tensorrt.plugin Python source drives our plugins (benchmarks/trt_plugin_glue.py)."""
     script = REPO / "benchmarks" / "trt_plugin_glue.py"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, str(script), os.environ["HRSAM_TRT_PLUGIN_SOURCE"]]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "every check passed" in done.stdout
+    assert "every check passed" in run_python([str(script), os.environ["HRSAM_TRT_PLUGIN_SOURCE"]])

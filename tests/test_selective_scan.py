@@ -13,11 +13,7 @@ tol relative: float32 1e-4 (the kernel's fp32 state and ex2.approx), float16 2e-
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +21,7 @@ import torch
 from hrsam.ops import use_backend
 from hrsam.ops.selective_scan import mamba_backend, selective_scan, selective_scan_op
 from hrsam.ops.selective_scan.reference import selective_scan_chunked, selective_scan_sequential
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.fresh_python import run_python
 
 
 def make_inputs(
@@ -208,10 +203,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 def _run_under_the_interpreter(script: str, done_line: str) -> None:
     """Run ``script`` in a fresh interpreter with Triton's interpreter on; it must print ``done_line``."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done_line in done.stdout
+    assert done_line in run_python(["-c", script], TRITON_INTERPRET="1")
 
 
 def test_triton_kernel_under_the_interpreter():

@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -35,8 +31,8 @@ import torch
 from hrsam.modeling.window_plan import window_plan
 from hrsam.ops import available_backends, use_backend, varlen_attention
 from hrsam.ops.varlen_attention.reference import varlen_attention_reference
+from tests.fresh_python import run_python
 
-REPO = Path(__file__).resolve().parents[1]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_TOLERANCES = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 GPU_TOLERANCES = {
@@ -206,13 +202,11 @@ def run_interpreter_cases() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict[str, str]:
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     script = (
         "import json, tests.test_varlen_attention_triton as t; print('RESULTS', json.dumps(t.run_interpreter_cases()))"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULTS "))
+    stdout = run_python(["-c", script], TRITON_INTERPRET="1")
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULTS "))
     return json.loads(line.removeprefix("RESULTS "))
 
 
