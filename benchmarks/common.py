@@ -60,6 +60,20 @@ def cuda_graph_median_ms(fn: Callable[[], object], warmup: int = 3, iters: int =
     return cuda_median_ms(graph.replay, warmup=warmup, iters=iters)
 
 
+def attention_kernels(fn: Callable[[], object]) -> str:
+    """Names of the attention-like kernels one call of ``fn`` launches (profiler), shortened.
+
+    Why in a report: which SDPA kernel a compiled graph got depends on PyTorch's backend choice at
+    compile time, and a wrong choice has cost the decoder 0.3 ms per click unnoticed (docs/BENCHMARKS.md).
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        fn()
+        torch.cuda.synchronize()
+    words = ("attention", "fmha", "flash", "sdpa")
+    names = {e.name for e in profile.events() if any(word in e.name.lower() for word in words)}
+    return "; ".join(sorted(name[:60] for name in names)) or "(none named as attention)"
+
+
 def write_report(path: Path, text: str) -> None:
     """Write a benchmark's markdown to ``path`` (its folder made if missing) and print it."""
     path.parent.mkdir(parents=True, exist_ok=True)

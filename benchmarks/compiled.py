@@ -10,7 +10,7 @@ seed 0, the weights the GPU tests and the profile use, so Inductor's cache serve
 * encoder: ``EagerRunner`` (autocast), ``CompiledRunner`` (graph replay, input copy and output copy
   included: what the predictor gets) and, for ``--aoti-cases``, ``AOTIRunner``;
 * decoder per click with ``--points`` prompt points (5 clicks + SAM's padding point): eager fp32,
-  eager at the precision, compiled, AOTInductor;
+  eager at the precision, compiled, AOTInductor, and the attention kernels each engine's click launches;
 * first call, reported apart: building the compiled runner (compile + capture; cold or warm as the
   Inductor cache in ``TORCHINDUCTOR_CACHE_DIR`` is), packaging (or reusing) the AOTInductor files in
   ``--aoti-dir`` and loading them; ``--startup`` also builds the first case's runner in two fresh
@@ -42,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import attention_kernels, cuda_median_ms, environment, markdown_table  # noqa: E402
 from benchmarks.encoder import build_encoder  # noqa: E402
 from export.aoti import export_aoti  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
@@ -121,7 +121,7 @@ class Case:
         self.embedding = self.eager.encode(self.images)
         self.reference = click_session(self.eager32, size)
         self.same = click_session(self.eager, size)
-        self.row: dict = {"name": name, "size": size, "encoder": {}, "decoder": {}, "parity": {}}
+        self.row: dict = {"name": name, "size": size, "encoder": {}, "decoder": {}, "parity": {}, "attention": {}}
 
     def time(self, label: str, runner: Runner) -> None:
         iters = self.args.iters
@@ -129,6 +129,7 @@ class Case:
         self.row["decoder"][label] = cuda_median_ms(lambda: runner.decode(self.embedding, *self.prompt), iters=iters)
         if label != "eager":
             self.row["parity"][label] = session_parity(runner, self.size, self.reference, self.same)
+            self.row["attention"][label] = attention_kernels(lambda: runner.decode(self.embedding, *self.prompt))
 
     def eager_and_compiled(self) -> None:
         self.time("eager", self.eager)
@@ -206,6 +207,8 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
     first.append(["sam_vit_b", 1024, fmt(sam["build s"], 1), "-", "-"])
     parity = [[r["name"], r["size"], backend, f"{err:.2e}", f"{RELATIVE_TOLERANCE[p]:.0e}", f"{iou:.4f}"]
               for r in rows for backend, (err, iou) in r["parity"].items()]  # fmt: skip
+    attention = [[r["name"], f"{r['size'] // PATCH_SIZE}^2", backend, f"`{kernels}`"]
+                 for r in rows for backend, kernels in r["attention"].items()]  # fmt: skip
     lines = [
         f"## Compiled engines: eager vs compiled vs AOTInductor ({p})", "",
         f"- {environment()}; {datetime.date.today().isoformat()}",
@@ -220,6 +223,8 @@ def report(rows: list[dict], sam: dict, startup: tuple[float, float] | None, arg
         "", "### Decoder per click (ms)", "",
         markdown_table(["model", "embedding", "eager fp32", f"eager {p}", "compiled", "AOTI", "eager fp32/compiled",
                         "eager fp32/AOTI"], decoder),
+        "", "Decoder attention kernels (one profiled click):", "",
+        markdown_table(["model", "embedding", "backend", "kernels"], attention),
         "", "### First call (s)", "",
         markdown_table(["model", "input", "compiled runner build", "AOTI packaging (encoder + decoder)",
                         "AOTI load"], first),

@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuda_median_ms, environment, markdown_table  # noqa: E402
+from benchmarks.common import attention_kernels, cuda_median_ms, environment, markdown_table  # noqa: E402
 from benchmarks.compiled import prompts  # noqa: E402
 from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import DECODER_SDPA_PRIORITY, CudaGraphCall, DecoderPart, compile_part  # noqa: E402
@@ -43,16 +43,6 @@ CHOICES: dict[str, list[SDPBackend] | None] = {
 }
 
 
-def attention_kernels(call: CudaGraphCall, inputs: tuple[torch.Tensor, ...]) -> str:
-    """Names of the attention-like kernels one replay launches (profiler), shortened."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        call(*inputs)
-        torch.cuda.synchronize()
-    words = ("attention", "fmha", "flash", "sdpa")
-    names = {e.name for e in profile.events() if any(word in e.name.lower() for word in words)}
-    return "; ".join(sorted(name[:60] for name in names)) or "(none named as attention)"
-
-
 def measure(name: str, model: nn.Module, inputs: tuple, reference: torch.Tensor, args: argparse.Namespace) -> list:
     """One row: build under the choice, time, name the kernels, compare with eager fp32."""
     torch._dynamo.reset()  # a fresh trace: Dynamo does not guard on the SDPA backend flags
@@ -65,7 +55,7 @@ def measure(name: str, model: nn.Module, inputs: tuple, reference: torch.Tensor,
         masks = call(*inputs)[1]
     ms = cuda_median_ms(lambda: call(*inputs), iters=args.iters)
     error = ((masks - reference).abs().max() / reference.abs().max()).item()
-    return [name, f"{ms:.3f}", f"{error:.2e}", attention_kernels(call, inputs)]
+    return [name, f"{ms:.3f}", f"{error:.2e}", attention_kernels(lambda: call(*inputs))]
 
 
 def main() -> int:
