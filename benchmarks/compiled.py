@@ -125,11 +125,15 @@ class Case:
 
     def time(self, label: str, runner: Runner) -> None:
         iters = self.args.iters
+
+        def click() -> object:
+            return runner.decode(self.embedding, *self.prompt)
+
         self.row["encoder"][label] = cuda_median_ms(lambda: runner.encode(self.images), iters=iters)
-        self.row["decoder"][label] = cuda_median_ms(lambda: runner.decode(self.embedding, *self.prompt), iters=iters)
+        self.row["decoder"][label] = cuda_median_ms(click, iters=iters)
         if label != "eager":
             self.row["parity"][label] = session_parity(runner, self.size, self.reference, self.same)
-            self.row["attention"][label] = attention_kernels(lambda: runner.decode(self.embedding, *self.prompt))
+            self.row["attention"][label] = attention_kernels(click)
 
     def eager_and_compiled(self) -> None:
         self.time("eager", self.eager)
