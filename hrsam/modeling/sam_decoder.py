@@ -87,6 +87,12 @@ class PromptDecoder(nn.Module):
         # Dense positional encodings per (size, device), made once: they depend only on SAM's fixed
         # Gaussian matrix (a buffer), so a fixed-size decode creates no tensors of its own.
         self._dense_pe_cache: dict[tuple, Tensor] = {}
+        # The grid of SAM's base-size cell centres, a buffer rather than an ``arange`` in the call:
+        # Inductor's freezing folds subgraphs of constants but not of tensor constructors, so only
+        # then does a compiled decoder compute the dense encoding once instead of at every click.
+        centres = (torch.arange(base, dtype=torch.float32) + 0.5) / base
+        grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), dim=-1)  # [y, x, (x, y)]
+        self.register_buffer("_pe_grid", grid, persistent=False)
         self.prompt_encoder = PromptEncoder(
             embed_dim=config.prompt_dim,
             image_embedding_size=(base, base),
@@ -185,10 +191,7 @@ class PromptDecoder(nn.Module):
         return self._dense_pe_cache[key]
 
     def _compute_dense_pe(self, size: tuple[int, int]) -> Tensor:
-        base = self.base_embed_size
-        centres = (torch.arange(base, device=self._device(), dtype=torch.float32) + 0.5) / base
-        grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), dim=-1)  # [y, x, (x, y)]
-        return self._resize(self._fourier(grid).permute(2, 0, 1).unsqueeze(0), size)
+        return self._resize(self._fourier(self._pe_grid).permute(2, 0, 1).unsqueeze(0), size)
 
     def _embed_points(self, coords: Tensor, labels: Tensor, input_size: tuple[int, int]) -> Tensor:
         """Sparse embeddings of points, normalised by the real input size (not SAM's 1024)."""
@@ -213,9 +216,6 @@ class PromptDecoder(nn.Module):
         mask_embedding = encoder.mask_downscaling(mask_input.to(weight_dtype)).float()
         has_mask = has_mask_input.float().reshape(-1, 1, 1, 1)
         return has_mask * mask_embedding + (1 - has_mask) * no_mask
-
-    def _device(self) -> torch.device:
-        return self.prompt_encoder.no_mask_embed.weight.device
 
     @staticmethod
     def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
