@@ -175,6 +175,22 @@ def test_not_a_point_padding_changes_the_decoder() -> None:
     assert (iou - iou_padded).abs().max() > 1e-4
 
 
+TENSOR_CONSTRUCTORS = ("arange", "linspace", "full", "zeros", "ones", "empty", "scalar_tensor", "eye")
+
+
+def test_decoder_graph_constructs_no_tensors() -> None:
+    """Every constant of the decoder graph derives from parameters or buffers, none from a constructor.
+
+    Inductor's freezing folds subgraphs of weights but not of ``arange`` & co., so a constructor in
+    the graph means per-click work: SAM's dense positional encoding built from an ``arange`` was one
+    0.25 ms kernel of a 0.77 ms click on the H200 (docs/BENCHMARKS.md, twelfth session).
+    """
+    model = build_model("hrsam_tiny").eval()
+    program = torch.export.export(DecoderPart(model, None), decoder_example(16, 3, torch.device("cpu")))
+    ops = {getattr(n.target, "_opname", "") for n in program.graph.nodes if n.op == "call_function"}
+    assert not {op for op in ops if op.removeprefix("new_") in TENSOR_CONSTRUCTORS}, ops
+
+
 def test_compiled_runner_needs_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
