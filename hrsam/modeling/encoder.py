@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from hrsam.modeling.configs import EncoderConfig
 from hrsam.modeling.cycle_scan import CycleScan
 from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention
+from hrsam.modeling.gelu_epilogue import linear_gelu, wants_epilogue
 from hrsam.modeling.neck import Neck
 from hrsam.modeling.window_plan import window_plan
 
@@ -38,7 +39,7 @@ MAX_CACHED_LAYOUTS = 8
 
 
 class MLP(nn.Module):
-    """Transformer feed-forward: Linear -> GELU -> Linear."""
+    """Transformer feed-forward: Linear -> GELU -> Linear (fc1 + GELU one GEMM in engines: ``gelu_epilogue``)."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -47,7 +48,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = linear_gelu(x, self.fc1) if wants_epilogue(x) else self.act(self.fc1(x))
+        return self.fc2(hidden)
 
 
 class Block(nn.Module):
