@@ -250,10 +250,13 @@ def test_kernel_at_hrsam_2048_shapes(dtype: torch.dtype) -> None:
                                      sin=angles[:16384].sin())  # fmt: skip
         got = gather_rope(**rows, col=col, width=width, rope_width=rope_width)
         want = gather_rope_reference(**rows, col=col, width=width, rope_width=rope_width)
+        # The kernel may fuse x cos + r(x) sin into one multiply-add where PyTorch's kernels round
+        # the product first: a float32 ulp of the terms (|terms| < 6 here) apart before rounding.
         if dtype == torch.float32:
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
         else:
-            assert bool(((got.float() - want.float()).abs() <= want.float().abs() * 2.0**-7).all())
+            step = want.float().abs() * 2.0**-7 + 2e-6
+            assert bool(((got.float() - want.float()).abs() <= step).all())
 
 
 @pytest.mark.parametrize("rope_width", [768, 0], ids=["rotated", "copied"])
