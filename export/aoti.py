@@ -7,8 +7,10 @@ model code, so a deployment needs torch but neither hrsam's model nor Triton.
 
 What is packaged is ``hrsam.compiled.EncoderPart`` / ``DecoderPart`` (the export contract's I/O,
 autocast inside), the same modules the ``compiled`` runner compiles; the custom ops are traced
-in their Inductor-visible forms (``hrsam.ops.lowering.aot_lowering``) and, in half precision on
-CUDA, the MLPs' fc1 + GELU as one GEMM (``hrsam.modeling.gelu_epilogue``). The encoder is built for
+in their Inductor-visible forms (``hrsam.ops.lowering.aot_lowering``) and, on CUDA, with the
+compiled runner's engine-only forms (``hrsam.ops.lowering.engine_kernels``: the MLPs' fc1 + GELU
+as one GEMM in half precision, the attention inputs' gather + RoPE as one Triton kernel, both
+compiled into the package). The encoder is built for
 one input size, the decoder with a dynamic point count up to ``--max-points``. Each package's
 metadata repeats the sidecar's (``Sidecar.metadata``) plus its precision, so a runtime refuses
 packages that do not belong to their ``model.json``.
@@ -42,8 +44,7 @@ from hrsam.compiled import (
 )
 from hrsam.contract import AOTI_FILES, META_MAX_POINTS, META_PRECISION, POINTS_AXIS, SIDECAR_FILE, Sidecar
 from hrsam.modeling.configs import PATCH_SIZE
-from hrsam.modeling.gelu_epilogue import gelu_epilogue
-from hrsam.ops.lowering import aot_lowering
+from hrsam.ops.lowering import aot_lowering, engine_kernels
 from hrsam.runner import autocast_dtype_of
 from trt_runtime.aoti_check import embedded_libstdcxx_reason
 
@@ -123,7 +124,7 @@ def _package(
     path.unlink(missing_ok=True)
     with sdpa_priority(sdpa_backends):
         with torch.no_grad():
-            with aot_lowering(), gelu_epilogue():
+            with aot_lowering(), engine_kernels():
                 program = torch.export.export(part, args, dynamic_shapes=dynamic_shapes)
             torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     return time.perf_counter() - start

@@ -16,8 +16,10 @@ How:
 * Compile options: ``freezing`` (weights become constants: their autocast casts and weight-only
   subgraphs such as the padding token's projection are folded once), ``comprehensive_padding`` off
   (the scan kernel indexes its contiguous inputs itself, so Inductor must not pad their strides).
-* The encoder MLPs' fc1 + GELU are traced as one cuBLASLt GEMM with a GELU epilogue in half
-  precision on CUDA (``hrsam.modeling.gelu_epilogue``: tanh GELU, within the outputs' rounding).
+* Inside ``engine_kernels()`` (``hrsam.ops.lowering``) two engine-only forms are traced on CUDA:
+  the encoder MLPs' fc1 + GELU as one cuBLASLt GEMM with a GELU epilogue in half precision
+  (``hrsam.modeling.gelu_epilogue``: tanh GELU, within the outputs' rounding), and each attention
+  layer's gather + RoPE of q, k, v as one Triton kernel (``hrsam.ops.gather_rope``, exact).
 * The encoder is compiled for ONE input size S (layouts prepared first, so index plans and RoPE
   tables are constants) and captured in one CUDA graph. The decoder is compiled once with a
   dynamic point count and captured once per point count P in 2..max_points at construction.
@@ -47,8 +49,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hrsam.modeling.configs import PATCH_SIZE
-from hrsam.modeling.gelu_epilogue import gelu_epilogue
 from hrsam.modeling.interactive import HRSAMInteractive
+from hrsam.ops.lowering import engine_kernels
 from hrsam.runner import Runner, RunnerInfo, precision_name
 
 logger = logging.getLogger("hrsam")
@@ -157,7 +159,7 @@ def compile_part(
     )
 
     def call(*inputs: Tensor) -> object:
-        with torch._inductor.config.patch(INDUCTOR_OPTIONS), sdpa_priority(sdpa_backends), gelu_epilogue():
+        with torch._inductor.config.patch(INDUCTOR_OPTIONS), sdpa_priority(sdpa_backends), engine_kernels():
             return compiled(*inputs)
 
     return call

@@ -16,7 +16,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from hrsam.modeling.encoder import MLP
-from hrsam.modeling.gelu_epilogue import gelu_epilogue, linear_gelu
+from hrsam.modeling.gelu_epilogue import linear_gelu
+from hrsam.ops.lowering import engine_kernels
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -52,7 +53,7 @@ def _traced_ops(epilogue: bool, dtype: torch.dtype, device: str = "cuda") -> str
         def call(params: dict, x: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(mlp, params, (x,))
 
-        with gelu_epilogue() if epilogue else contextlib.nullcontext(), torch.no_grad():
+        with engine_kernels() if epilogue else contextlib.nullcontext(), torch.no_grad():
             graph = make_fx(call, tracing_mode="fake")(params, x)
     return graph.code
 
@@ -71,7 +72,7 @@ def _traced_ops(epilogue: bool, dtype: torch.dtype, device: str = "cuda") -> str
 def test_only_half_precision_cuda_engines_take_the_epilogue(
     epilogue: bool, dtype: torch.dtype, device: str, fused: bool
 ) -> None:
-    """In ``gelu_epilogue()`` a half-precision CUDA trace has one _addmm_activation and no GELU; else exact GELU."""
+    """In ``engine_kernels()`` a half-precision CUDA trace has one _addmm_activation and no GELU; else exact GELU."""
     code = _traced_ops(epilogue, dtype, device)
     assert ("aten._addmm_activation" in code) is fused, code
     assert ("aten.gelu" in code) is not fused, code
@@ -92,7 +93,7 @@ def test_epilogue_within_half_precision_of_the_exact_mlp(dtype: torch.dtype) -> 
         reference = mlp(x)
         with torch.autocast("cuda", dtype=dtype):
             exact = mlp(x).float()
-            with gelu_epilogue():
+            with engine_kernels():
                 fused = mlp(x).float()
         fused_error = (fused - reference).abs().max().item()
         exact_error = (exact - reference).abs().max().item()

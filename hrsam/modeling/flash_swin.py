@@ -3,7 +3,8 @@
 Window attention with plain or shifted windows is computed as: qkv projection of the real
 tokens, gather queries into window order and keys/values into (padded) window order, 2D RoPE at
 each slot's canvas position, ONE ``hrsam::varlen_attention`` call, inverse gather, projection.
-No cyclic roll and no O(N^2) mask.
+No cyclic roll and no O(N^2) mask. The compiled engines on CUDA do the gathers and the RoPE in one
+Triton kernel (``hrsam.ops.gather_rope``, inside ``hrsam.ops.lowering.engine_kernels()``).
 
 Padding modes (what border windows' missing slots hold):
 
@@ -38,6 +39,8 @@ from hrsam.modeling.dense_windows import (
 )
 from hrsam.modeling.rope import apply_rope, rope_tables
 from hrsam.modeling.window_plan import WindowPlan
+from hrsam.ops.gather_rope import gather_rope, kernel_unsupported
+from hrsam.ops.lowering import engine_kernels_active
 from hrsam.ops.varlen_attention import varlen_attention
 
 PaddingMode = Literal["token", "kv", "none"]
@@ -96,6 +99,12 @@ class AttentionLayout:
         return cls(plan=plan, dense=windows, **{name: t.to(device) for name, t in tensors.items()})
 
 
+def _kv_rows(qkv: Tensor, pad: Tensor | None, dim: int) -> Tensor:
+    """Key/value rows [T (+1), 2C]: the tokens' then, with padding, the padding slot's row."""
+    kv = qkv[:, dim:]
+    return kv if pad is None else torch.cat([kv, pad], dim=0)
+
+
 class FlashSwinAttention(nn.Module):
     """Multi-head window attention over a packed token sequence, driven by an AttentionLayout."""
 
@@ -132,19 +141,22 @@ class FlashSwinAttention(nn.Module):
         c, h, d = self.dim, self.num_heads, self.head_dim
         dense = layout.dense
         qkv = self.qkv(x)
-        kv = qkv[:, c:]
         pad = self._padding_kv()
-        if pad is not None:
-            kv = torch.cat([kv, pad.to(kv.dtype)], dim=0)
+        pad = None if pad is None else pad.to(qkv.dtype)
         if dense is not None:  # portable form: padded dense windows, standard ops only
             q = apply_rope(qkv[:, :c].index_select(0, dense.q_gather).view(-1, h, d), dense.q_cos, dense.q_sin)
-            k, v = kv.index_select(0, dense.kv_gather).view(-1, 2, h, d).unbind(1)
+            k, v = _kv_rows(qkv, pad, c).index_select(0, dense.kv_gather).view(-1, 2, h, d).unbind(1)
             out = dense_window_attention(q, apply_rope(k, dense.k_cos, dense.k_sin), v, dense, d**-0.5)
             return self.proj(out.reshape(-1, c).index_select(0, dense.out_gather))
-        q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
-        k, v = kv.index_select(0, layout.kv_index).view(-1, 2, h, d).unbind(1)
-        q = apply_rope(q, layout.q_cos, layout.q_sin)
-        k = apply_rope(k, layout.k_cos, layout.k_sin)
+        if engine_kernels_active() and kernel_unsupported(qkv) is None:  # compiled engines on CUDA
+            q = gather_rope(qkv, None, layout.q_index, layout.q_cos, layout.q_sin, 0, c, c).view(-1, h, d)
+            kv_rows = gather_rope(qkv, pad, layout.kv_index, layout.k_cos, layout.k_sin, c, 2 * c, c)
+            k, v = kv_rows.view(-1, 2, h, d).unbind(1)
+        else:
+            q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
+            k, v = _kv_rows(qkv, pad, c).index_select(0, layout.kv_index).view(-1, 2, h, d).unbind(1)
+            q = apply_rope(q, layout.q_cos, layout.q_sin)
+            k = apply_rope(k, layout.k_cos, layout.k_sin)
         out = varlen_attention(
             q, k, v, layout.cu_seqlens_q, layout.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, d**-0.5
         )

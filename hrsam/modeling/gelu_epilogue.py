@@ -11,31 +11,19 @@ both engines can use it.
 The epilogue's GELU is the tanh form on CUDA; the model's is the exact (erf) one. They differ by
 at most 4.7e-4 (at x = 2.7, where the output's rounding step is 1.6e-2 in bf16 and 2e-3 in fp16),
 so the fused form is used only where the GEMM runs in half precision (autocast or half inputs)
-and only inside ``gelu_epilogue()``, which the compiled runner and the AOTInductor export
-put around their traces. Eager calls, ONNX export and float32 engines keep the exact GELU.
+and only inside ``hrsam.ops.lowering.engine_kernels()``, which the compiled runner and the
+AOTInductor export put around their traces. Eager calls, ONNX export and float32 engines keep
+the exact GELU.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 
+from hrsam.ops.lowering import engine_kernels_active
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-_depth = 0
-
-
-@contextlib.contextmanager
-def gelu_epilogue() -> Iterator[None]:
-    """Trace the MLPs' fc1 + GELU as one GEMM with cuBLASLt's epilogue inside this block (see the module)."""
-    global _depth
-    _depth += 1
-    try:
-        yield
-    finally:
-        _depth -= 1
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -45,8 +33,8 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def wants_epilogue(x: Tensor) -> bool:
-    """True inside ``gelu_epilogue()`` for a half-precision GEMM on CUDA (a plain global: read at trace time)."""
-    return _depth > 0 and x.is_cuda and compute_dtype(x) in HALF_DTYPES
+    """True inside ``engine_kernels()`` for a half-precision GEMM on CUDA (read at trace time)."""
+    return engine_kernels_active() and x.is_cuda and compute_dtype(x) in HALF_DTYPES
 
 
 def linear_gelu(x: Tensor, fc: nn.Linear) -> Tensor:

@@ -8,13 +8,18 @@ pre-training size), independent of the input resolution.
 The authors' rotation is ``x * cos + r(x) * sin`` with ``r(x)[2i] = x[2i+1]`` and
 ``r(x)[2i+1] = -x[2i]``: a rotation by minus the angle compared with EVA-02. It is still a
 rotary embedding (scores depend only on position differences); we keep their sign so that their
-checkpoints give identical results.
+checkpoints give identical results. The rotation itself (``apply_rope``) lives with the op that
+fuses it into the attention inputs' gather (``hrsam.ops.gather_rope``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from hrsam.ops.gather_rope.reference import apply_rope, rotate_pairs
+
+__all__ = ["apply_rope", "rope_tables", "rotate_pairs"]
 
 POSITION_SCALE = 0.5
 
@@ -31,16 +36,3 @@ def rope_tables(
     angles = pos[:, :, None] * freqs  # [T, 2, head_dim / 4]
     angles = angles.repeat_interleave(2, dim=-1).flatten(1)  # [T, head_dim]: y half, then x half
     return angles.cos().to(torch.float32), angles.sin().to(torch.float32)
-
-
-def rotate_pairs(x: Tensor) -> Tensor:
-    """The authors' pair rotation: (a, b) -> (b, -a) on channel pairs of the last dimension."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack([pairs[..., 1], -pairs[..., 0]], dim=-1).flatten(-2)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` [T, H, D] with tables [T, D]; computed in float32, returned in x's dtype."""
-    xf = x.float()
-    out = xf * cos[:, None, :] + rotate_pairs(xf) * sin[:, None, :]
-    return out.to(x.dtype)
