@@ -5,8 +5,8 @@ values by ``kv_index``, whose padding slots point past the tokens at the layer's
 rotates queries and keys with per-slot RoPE tables. Written as torch ops (the model's eager and
 exported form, ``reference.gather_rope_reference``) Inductor turns this into kernels that load
 every element through its row index and load its pair partner again: on the H200 at HRSAM 2048
-they took ~0.1 ms per layer, 1.2 ms of the compiled encoder (docs/BENCHMARKS.md, "Attention
-inputs in one pass"). The Triton kernel (``triton_kernel``) reads each source row once per head
+they took ~0.1 ms per layer, 1.2 ms of the compiled encoder (docs/BENCHMARKS.md, thirteenth
+session). The Triton kernel (``triton_kernel``) reads each source row once per head
 as one contiguous run and rotates in registers.
 
 The compiled engines use it (``hrsam.ops.lowering.engine_kernels``, CUDA only) through

@@ -6,7 +6,7 @@ row offsets are multiples of 16 elements in the model, so the loads vectorize), 
 pairs in registers (``tl.split`` / ``tl.join``, no second load of the partner channel) and writes
 the output row. Heads at or past ``rope_width`` are copied. Inductor's code for the same gather +
 RoPE (an indirect load per element and a partner load per element) ran at 1.3-2 TB/s on the H200
-(docs/BENCHMARKS.md, "Attention inputs in one pass").
+(docs/BENCHMARKS.md, thirteenth session).
 """
 
 from __future__ import annotations
