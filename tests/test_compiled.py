@@ -38,7 +38,7 @@ from hrsam.compiled import (
 )
 from hrsam.modeling.interactive import build_model
 from hrsam.ops import selective_scan, varlen_attention
-from hrsam.ops.lowering import aot_lowering, lowering_active
+from hrsam.ops.lowering import aot_lowering, engine_kernels, engine_kernels_active, lowering_active
 from hrsam.ops.selective_scan.inductor import selective_scan_lowered
 from hrsam.ops.varlen_attention.inductor import varlen_attention_lowered
 from hrsam.predictor import HRSAMPredictor
@@ -116,6 +116,28 @@ def test_lowering_switch_inside_real_traces() -> None:
         inside = traced_values(lowering_active)
     assert inside == {"compile": True, "export strict=True": True, "export strict=False": True}
     assert not lowering_active()
+
+
+def test_engine_switch_inside_real_traces() -> None:
+    """The engine-only forms (``engine_kernels``) are read like the lowering switch: on only inside it."""
+    assert not any(traced_values(engine_kernels_active).values())
+    with engine_kernels():
+        inside = traced_values(engine_kernels_active)
+    assert inside == {"compile": True, "export strict=True": True, "export strict=False": True}
+    assert not engine_kernels_active()
+
+
+def test_compile_part_traces_inside_the_engine_switch() -> None:
+    """The compiled runner's graphs are traced (and replayed) with the engine-only forms on."""
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + float(engine_kernels_active())
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert compile_part(Probe())(torch.zeros(1)).item() == 1.0
+    assert not engine_kernels_active()
 
 
 def test_lowered_forms_match_the_ops_on_cpu() -> None:

@@ -148,7 +148,9 @@ class FlashSwinAttention(nn.Module):
             k, v = _kv_rows(qkv, pad, c).index_select(0, dense.kv_gather).view(-1, 2, h, d).unbind(1)
             out = dense_window_attention(q, apply_rope(k, dense.k_cos, dense.k_sin), v, dense, d**-0.5)
             return self.proj(out.reshape(-1, c).index_select(0, dense.out_gather))
-        if engine_kernels_active() and kernel_unsupported(qkv) is None:  # compiled engines on CUDA
+        # Compiled engines on CUDA; elsewhere the model's own form (gather_rope's reference would
+        # also run, but copies v, which the form below keeps as a view of the gathered rows).
+        if engine_kernels_active() and kernel_unsupported(qkv) is None:
             q = gather_rope(qkv, None, layout.q_index, layout.q_cos, layout.q_sin, 0, c, c).view(-1, h, d)
             kv_rows = gather_rope(qkv, pad, layout.kv_index, layout.k_cos, layout.k_sin, c, 2 * c, c)
             k, v = kv_rows.view(-1, 2, h, d).unbind(1)
