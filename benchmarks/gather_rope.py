@@ -31,9 +31,10 @@ from hrsam.modeling.configs import PATCH_SIZE
 from hrsam.modeling.flash_swin import AttentionLayout
 from hrsam.modeling.window_plan import window_plan
 from hrsam.ops.gather_rope import gather_rope, gather_rope_reference, kernel_unsupported
-from hrsam.ops.gather_rope.triton_kernel import DEFAULT_CONFIG, GatherRopeConfig, gather_rope_triton
+from hrsam.ops.gather_rope.triton_kernel import GatherRopeConfig, default_config, gather_rope_triton
 
 DIM, HEAD_DIM, WINDOW = 768, 64, 16
+DEFAULT_CONFIG = default_config(DIM // HEAD_DIM, DIM // HEAD_DIM)  # what the layer's calls run
 
 
 def inputs(layout: AttentionLayout) -> tuple[Tensor, ...]:

@@ -25,8 +25,8 @@ class GatherRopeConfig:
     """Launch shape: ``block_rows`` output rows x ``heads_per_program`` heads per program, ``num_warps`` warps.
 
     More heads per program load each row index and each row's RoPE tables once for all of them
-    (the tables are re-read per head otherwise). The default is the configuration measured in the
-    encoder (docs/BENCHMARKS.md); ``benchmarks/gather_rope.py --sweep`` times the others.
+    (the tables are re-read per head otherwise). ``default_config`` picks what the model runs;
+    ``benchmarks/gather_rope.py --sweep`` times the others.
     """
 
     block_rows: int = 32
@@ -44,7 +44,12 @@ class GatherRopeConfig:
             raise ValueError(f"heads_per_program {per_program} must divide {heads} heads and {rope_heads} rotated")
 
 
-DEFAULT_CONFIG = GatherRopeConfig()
+def default_config(heads: int, rope_heads: int) -> GatherRopeConfig:
+    """32 rows x 2 heads per program, 4 warps: the fastest of the sweep at HRSAM ViT-B 2048's shapes
+    (docs/BENCHMARKS.md, fourteenth session; within 5% of it: 16 x 2 and 32 x 1); one head per
+    program where the heads do not pair up (the tiny models' 3 heads)."""
+    pairs = heads % 2 == 0 and rope_heads % 2 == 0
+    return GatherRopeConfig(heads_per_program=2 if pairs else 1)
 
 
 @triton.jit
@@ -114,15 +119,18 @@ def gather_rope_triton(
     col: int,
     width: int,
     rope_width: int,
-    config: GatherRopeConfig = DEFAULT_CONFIG,
+    config: GatherRopeConfig | None = None,
     wrap_triton: Callable = lambda kernel: kernel,
 ) -> Tensor:
     """``gather_rope``'s result [rows, width] from the kernel; inputs already validated by the caller.
 
     Only tensors, ints and a ``wrap_triton`` launch: usable inside ``torch.library.triton_op``.
+    ``config`` None takes ``default_config``.
     """
     rows, head_dim = index.shape[0], cos.shape[1]
-    config.check(width // head_dim, rope_width // head_dim)
+    heads, rope_heads = width // head_dim, rope_width // head_dim
+    config = config or default_config(heads, rope_heads)
+    config.check(heads, rope_heads)
     out = torch.empty((rows, width), dtype=src.dtype, device=src.device)
     if rows == 0:
         return out
