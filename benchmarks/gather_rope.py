@@ -5,14 +5,15 @@ each attention layer's q / k / v gathers into window order and their RoPE (docs/
 This times both forms at HRSAM ViT-B 2048's shapes (qkv [16,384, 2,304] bf16, the real window
 plan with its padding slots, head dim 64): ``gather_rope_reference`` (the model's eager
 arithmetic, written as two calls) compiled by Inductor, and ``hrsam.ops.gather_rope`` (the Triton
-kernel, q and k/v calls), with the least bytes the two calls must move and the bandwidth that
+kernel, q and k/v calls; the engines now call it three times, q, k and v each contiguous for the
+Triton attention, over the same bytes), with the least bytes the two calls must move and the bandwidth that
 makes; both are checked equal first (bf16: within one rounding step). Timed replaying a CUDA
-graph of each form (what the engines run), with the time called from Python beside it. The
-script's first version timed only the Python calls (0.16-0.18 ms per layer for the kernel, 1.1
-TB/s, while the encoder's graph gained 0.22 ms over 12 layers with it), so it probably measured
-the host's launches; the graph timing has not run yet. ``--sweep`` also times every launch
+graph of each form (what the engines run), with the time called from Python beside it (the
+script's first version timed only the latter: the host's launches, ~0.3 ms per layer for either
+form against 0.07 / 0.17 ms from a graph). ``--sweep`` also times every launch
 configuration of the kernel (rows and heads per program, warps) and checks each equals the
-default bitwise; a plain copy of as many bytes gives the card's floor.
+default bitwise. A plain copy of as many bytes is timed beside them for scale; it is not a floor: the
+kernel's counted reads include the padding slots' one row and the RoPE tables, which stay in L2.
 
     PYTHONPATH=. python benchmarks/gather_rope.py [--size 2048] [--shift 8] [--iters 200] [--sweep]
 """
@@ -108,9 +109,7 @@ def main() -> None:
         rows.append([name, f"{graph_ms:.4f}", f"{moved / graph_ms / 1e9:.2f}", f"{cuda_median_ms(call):.4f}"])
     flat = torch.empty(moved // 4, device="cuda", dtype=torch.bfloat16)  # half the bytes, read once and written once
     copy_ms = cuda_graph_median_ms(lambda: flat.clone(), iters=args.iters)
-    rows.append(
-        ["a plain copy of as many bytes (the card's floor)", f"{copy_ms:.4f}", f"{moved / copy_ms / 1e9:.2f}", "-"]
-    )
+    rows.append(["a plain copy of as many bytes (for scale)", f"{copy_ms:.4f}", f"{moved / copy_ms / 1e9:.2f}", "-"])
     print(f"- {environment()}")
     print(f"- one layer's q and k/v inputs at {args.size} ({plan.num_tokens} queries, {layout.kv_index.numel()} "
           f"key/value slots, shift {args.shift}), bf16; median of {args.iters}, CUDA events; "
