@@ -1,8 +1,7 @@
 """The encoder's GEMM shapes on the GPU, each alone: cuBLAS's time and kernel, per weight layout.
 
 Why: in the compiled HRSAM 2048 encoder the GEMMs take ~4.65 ms against ~3.1 ms at the bf16 peak
-(docs/BENCHMARKS.md); the profile showed the K = 3,072 GEMM (fc2) at ~90% of the peak but the
-K = 768 ones (qkv, fc1 + GELU, the projections) at ~60%. This asks whether the weight's layout
+(docs/BENCHMARKS.md), most of them near 60% of the peak. This asks whether the weight's layout
 changes cuBLAS's choice: ``F.linear`` with the weight as stored ([N, K], what the engines run)
 against the weight transposed once at load ([K, N] row-major, read as ``x @ W``), each with its
 bias (and fc1 with the GELU epilogue), replayed from a CUDA graph, bf16, with the kernel cuBLAS
