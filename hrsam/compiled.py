@@ -10,16 +10,18 @@ How:
   (float32 in, float32 out, autocast inside). The same modules are what ``python -m export aoti``
   packages with AOTInductor, so compiled and packaged engines run the same graph.
 * The custom ops stay opaque calls inside the compiled graph (their eager CUDA backends: our
-  Triton scan, PyTorch's flash varlen attention); Inductor fuses everything around them. Their
+  Triton scan, PyTorch's memory-efficient varlen attention in float32; 16-bit attention is our
+  kernel's ``triton_op``, below); Inductor fuses everything around them. Their
   Inductor-visible forms (``hrsam.ops.lowering``) are for AOTInductor packages only: inside
   compiled graphs they measured slower (docs/BENCHMARKS.md).
 * Compile options: ``freezing`` (weights become constants: their autocast casts and weight-only
   subgraphs such as the padding token's projection are folded once), ``comprehensive_padding`` off
   (the scan kernel indexes its contiguous inputs itself, so Inductor must not pad their strides).
-* Inside ``engine_kernels()`` (``hrsam.ops.lowering``) two engine-only forms are traced on CUDA:
+* Inside ``engine_kernels()`` (``hrsam.ops.lowering``) engine-only forms are traced on CUDA:
   the encoder MLPs' fc1 + GELU as one cuBLASLt GEMM with a GELU epilogue in half precision
-  (``hrsam.modeling.gelu_epilogue``: tanh GELU, within the outputs' rounding), and each attention
-  layer's gather + RoPE of q, k, v as one Triton kernel (``hrsam.ops.gather_rope``, exact).
+  (``hrsam.modeling.gelu_epilogue``: tanh GELU, within the outputs' rounding), each attention
+  layer's gathers + RoPE of q, k, v as Triton kernels (``hrsam.ops.gather_rope``, exact), and in
+  half precision the attention as our Triton kernel (``hrsam::varlen_attention_triton``).
 * The encoder is compiled for ONE input size S (layouts prepared first, so index plans and RoPE
   tables are constants) and captured in one CUDA graph. The decoder is compiled once with a
   dynamic point count and captured once per point count P in 2..max_points at construction.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hrsam.modeling.configs import get_config
-from hrsam.modeling.encoder import HRSAMEncoder
+from hrsam.modeling.encoder import HRSAMEncoder, upsample_channels_last
 
 # The authors' published encoders (paper, Table 3 / docs/MODEL.md, "Encoder").
 PUBLISHED = {"hrsam_vit_b": 96.4e6, "hrsampp_vit_b": 106.9e6}
@@ -142,3 +142,26 @@ def test_patch_embedding_gemm_equals_the_convolution(height: int, width: int) ->
         expected = encoder.patch_embed(images).flatten(2).transpose(1, 2)
         got = encoder._patchify(images)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("source", "size"), [((32, 32), (128, 128)), ((5, 7), (13, 20)), ((8, 8), (8, 8)), ((20, 20), (7, 9))]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsample_channels_last_equals_interpolate(
+    source: tuple[int, int], size: tuple[int, int], dtype: torch.dtype
+) -> None:
+    """HRSAM++'s anchor upsampling (channels last, gathered rows) is ``F.interpolate``'s bilinear
+    resize (align_corners=False) for up, down and non-integer ratios. Tolerances: float32 1e-6 of
+    the largest value (the blends' rounding order); bfloat16 one rounding step of the output
+    (both compute in float32 and round once)."""
+    torch.manual_seed(0)
+    grid = torch.randn(2, *source, 24).to(dtype)
+    want = torch.nn.functional.interpolate(
+        grid.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False
+    )
+    want = want.permute(0, 2, 3, 1)
+    got = upsample_channels_last(grid, size)
+    assert got.dtype == dtype and got.shape == want.shape
+    tolerance = 1e-6 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance * want.abs().max().item())

@@ -155,7 +155,7 @@ def test_only_engines_trace_the_kernel(engine: bool) -> None:
             with mock.patch("hrsam.ops.varlen_attention._check_offsets"):  # reads values: eager CPU only
                 code = _layer_trace(engine)
     before_attention = code.split("varlen_attention")[0]
-    assert (code.count("hrsam.gather_rope_triton") == 2) is engine, code
+    assert (code.count("hrsam.gather_rope_triton") == 3) is engine, code  # q, k, v
     assert ("aten.index_select" in before_attention) is not engine, code
 
 
@@ -181,7 +181,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     from hrsam.modeling.window_plan import window_plan
     from hrsam.ops import gather_rope as module
     from hrsam.ops.gather_rope import gather_rope_reference, triton_gather_rope_op
-    from hrsam.ops.gather_rope.triton_kernel import gather_rope_triton
+    from hrsam.ops.gather_rope.triton_kernel import GatherRopeConfig, gather_rope_triton
     from hrsam.ops.lowering import engine_kernels
     from tests.test_gather_rope import make_case
 
@@ -199,7 +199,13 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
                     case["extra"] = case["extra"].to(dtype)
                 args = dict(col=col * dim, width=width * dim, rope_width=rope_width * dim)
                 want = gather_rope_reference(**case, **args)
-                for name, got in (("launcher", gather_rope_triton(**case, **args)), ("op", op(**case, **args))):
+                results = [("op", op(**case, **args))]
+                heads, rope_heads = width * dim // head_dim, rope_width * dim // head_dim
+                for per_program in [n for n in (1, 2, 3) if heads % n == 0 and rope_heads % n == 0]:
+                    for block_rows in (16, 64):
+                        config = GatherRopeConfig(block_rows, per_program, num_warps=2)
+                        results.append((config, gather_rope_triton(**case, **args, config=config)))
+                for name, got in results:
                     assert got.dtype == dtype and got.shape == want.shape, (name, got.dtype, got.shape)
                     if dtype == torch.float32:
                         error = (got - want).abs().max().item()
@@ -259,8 +265,8 @@ def test_kernel_at_hrsam_2048_shapes(dtype: torch.dtype) -> None:
             assert bool(((got.float() - want.float()).abs() <= step).all())
 
 
-@pytest.mark.parametrize("rope_width", [768, 0], ids=["rotated", "copied"])
-def test_offline_sm90_compile_loads_rows_in_vectors(rope_width: int) -> None:
+@pytest.mark.parametrize(("rope_width", "heads"), [(768, 1), (768, 12), (0, 1)], ids=["rotated", "12-heads", "copied"])
+def test_offline_sm90_compile_loads_rows_in_vectors(rope_width: int, heads: int) -> None:
     """The kernel compiles for sm_90 (the interpreter does not type-check) with 16-byte row loads.
 
     The integer arguments the model passes (src's row stride 2,304, column 768) are multiples of
@@ -276,7 +282,14 @@ def test_offline_sm90_compile_loads_rows_in_vectors(rope_width: int) -> None:
         pytest.skip("the kernel is interpreted in this process (TRITON_INTERPRET is set)")
     pointers = {"src": "*bf16", "extra": "*bf16", "index": "*i64", "cos": "*fp32", "sin": "*fp32", "out": "*bf16"}
     integers = {"rows": "i32", "src_rows": "i32", "src_stride": "i32", "col": "i32", "extra_stride": "i32"}
-    constants = {"WIDTH": 1536, "ROPE_WIDTH": rope_width, "HEAD_DIM": 64, "HAS_EXTRA": True, "BLOCK": 32}
+    constants = {
+        "WIDTH": 1536,
+        "ROPE_WIDTH": rope_width,
+        "HEAD_DIM": 64,
+        "HAS_EXTRA": True,
+        "BLOCK": 32,
+        "HEADS": heads,
+    }
     signature = pointers | integers | {name: "constexpr" for name in constants}
     aligned = [*range(len(pointers)), 8, 9, 10]  # the pointers, src_stride, col, extra_stride
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
@@ -285,3 +298,22 @@ def test_offline_sm90_compile_loads_rows_in_vectors(rope_width: int) -> None:
     accesses = collections.Counter(re.findall(r"\b((?:ld|st)\.global[\w.]*)", ptx))
     # Row indices are int64 (one 8-byte load each); every row and table access moves 16 bytes.
     assert set(accesses) == {"ld.global.b64", "ld.global.v4.b32", "st.global.v4.b32"}, accesses
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(block_rows=24), "block_rows must be a power of two"),
+        (dict(num_warps=3), "num_warps must be a power of two"),
+        (dict(heads_per_program=5), "must divide 24 heads and 12 rotated"),
+        (dict(heads_per_program=0), "must divide"),
+    ],
+)
+def test_launch_configs_that_cannot_tile_are_refused(config: dict, message: str) -> None:
+    """A program's heads must all be rotated or all copied; the launcher refuses before any launch."""
+    pytest.importorskip("triton")
+    from hrsam.ops.gather_rope.triton_kernel import GatherRopeConfig
+
+    with pytest.raises(ValueError, match=message):
+        GatherRopeConfig(**config).check(heads=24, rope_heads=12)
+    GatherRopeConfig(heads_per_program=12).check(heads=24, rope_heads=12)

@@ -80,9 +80,7 @@ class HRSAMEncoder(nn.Module):
         dim, stages = config.embed_dim, len(config.stage_ends)
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.pretrain_grid**2, dim))
-        self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
-        )
+        self.blocks = nn.ModuleList(Block(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
         self.scans = nn.ModuleList(self._scan() for _ in range(stages))
         if config.multi_scale:
             self.ms_scans = nn.ModuleList(self._scan() for _ in range(stages))
@@ -216,8 +214,37 @@ class HRSAMEncoder(nn.Module):
         main = x[:, : h * w].unflatten(1, (h, w))
         if not self.config.multi_scale:
             return main
-        ah, aw = grids[1]
-        anchor = x[:, h * w :].unflatten(1, (ah, aw)).permute(0, 3, 1, 2)
-        anchor = F.interpolate(anchor, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        anchor = upsample_channels_last(x[:, h * w :].unflatten(1, grids[1]), (h, w))
         norm = self.fusion_norms[stage]
         return torch.cat([norm(main), norm(anchor)], dim=-1)
+
+
+def bilinear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per output position along one axis: (lower source index, upper source index, upper weight).
+
+    ``F.interpolate(mode="bilinear", align_corners=False)``'s sampling without antialias: source
+    coordinate (i + 0.5) * in / out - 0.5, clamped at 0; the upper tap stops at the last index.
+    """
+    source = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5).clamp(
+        min=0
+    )
+    lower = source.long()  # floor, as source >= 0
+    upper = (lower + 1).clamp(max=in_size - 1)
+    return lower, upper, source - lower
+
+
+def upsample_channels_last(grid: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of a channels-last grid [B, h, w, C] to ``size``.
+
+    Why not ``F.interpolate``: it needs channels-first input, and in the compiled HRSAM++ encoder the
+    permutes around it made Inductor's fused upsample + LayerNorm kernel write its intermediates
+    channel-major, a stride of h x w elements between neighbouring channels (~0.3 ms a stage at a
+    2048 input, docs/BENCHMARKS.md). Gathering whole rows of channels keeps every access contiguous.
+    Same arithmetic as the interpolation (two linear blends, in float32), result in ``grid``'s dtype.
+    """
+    (h0, h1, wh), (w0, w1, ww) = (bilinear_taps(n, m, grid.device) for n, m in zip(size, grid.shape[1:3], strict=True))
+    values = grid.float()
+    top, bottom = values[:, h0], values[:, h1]
+    rows = top + (bottom - top) * wh[:, None, None]
+    left, right = rows[:, :, w0], rows[:, :, w1]
+    return (left + (right - left) * ww[:, None]).to(grid.dtype)

@@ -151,9 +151,11 @@ class FlashSwinAttention(nn.Module):
         # Compiled engines on CUDA; elsewhere the model's own form (gather_rope's reference would
         # also run, but copies v, which the form below keeps as a view of the gathered rows).
         if engine_kernels_active() and kernel_unsupported(qkv) is None:
+            # Three contiguous outputs: the engines' Triton attention reads unit-stride rows only.
+            k_pad, v_pad = (None, None) if pad is None else (pad[:, :c], pad[:, c:])
             q = gather_rope(qkv, None, layout.q_index, layout.q_cos, layout.q_sin, 0, c, c).view(-1, h, d)
-            kv_rows = gather_rope(qkv, pad, layout.kv_index, layout.k_cos, layout.k_sin, c, 2 * c, c)
-            k, v = kv_rows.view(-1, 2, h, d).unbind(1)
+            k = gather_rope(qkv, k_pad, layout.kv_index, layout.k_cos, layout.k_sin, c, c, c).view(-1, h, d)
+            v = gather_rope(qkv, v_pad, layout.kv_index, layout.k_cos, layout.k_sin, 2 * c, c, 0).view(-1, h, d)
         else:
             q = qkv[:, :c].index_select(0, layout.q_index).view(-1, h, d)
             k, v = _kv_rows(qkv, pad, c).index_select(0, layout.kv_index).view(-1, 2, h, d).unbind(1)

@@ -17,8 +17,9 @@ compiled with the lowered scan and a fused Flash Swin kernel, HRSAM at 2048 took
 
 ``engine_kernels()``: where the compiled engines (``torch.compile`` through
 ``hrsam.compiled.compile_part`` and the AOTInductor export) trace faster forms that eager calls and
-ONNX export do not use: the MLPs' fc1 + GELU as one cuBLASLt GEMM (``hrsam.modeling.gelu_epilogue``)
-and the attention inputs' gather + RoPE as one Triton kernel (``hrsam.ops.gather_rope``).
+ONNX export do not use: the MLPs' fc1 + GELU as one cuBLASLt GEMM (``hrsam.modeling.gelu_epilogue``),
+the attention inputs' gather + RoPE as Triton kernels (``hrsam.ops.gather_rope``) and, in 16-bit,
+the attention itself as our Triton kernel (``hrsam.ops.varlen_attention.engine_attention_unsupported``).
 """
 
 from __future__ import annotations

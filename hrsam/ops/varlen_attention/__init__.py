@@ -21,11 +21,14 @@ forward (memory O(windows * window_len**2), fine for training at 2048 input).
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
+
 import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
-from hrsam.ops.lowering import lowering_active
+from hrsam.ops.lowering import engine_kernels_active, lowering_active
 from hrsam.ops.replay import replay_backward
 from hrsam.ops.varlen_attention.cuda import (
     torch_supports,
@@ -109,6 +112,65 @@ def _backward(ctx, grad: Tensor):  # noqa: ANN001, ANN202
 _varlen_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@functools.cache
+def triton_attention_op() -> torch._library.custom_ops.CustomOpDef:
+    """Register ``hrsam::varlen_attention_triton``, our kernel as a ``triton_op`` (once; needs Triton)."""
+    from torch.library import triton_op
+
+    from hrsam.ops.varlen_attention.triton_kernel import varlen_attention_triton
+
+    @triton_op("hrsam::varlen_attention_triton", mutates_args=())
+    def op(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cu_seqlens_q: Tensor,
+        cu_seqlens_k: Tensor,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        scale: float,
+    ) -> Tensor:
+        return varlen_attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+
+    return op
+
+
+def _load_engine_kernel() -> ModuleType | None:
+    """Our kernel's module, its engine op registered, where CUDA and Triton are present at import.
+
+    At import because Dynamo cannot trace a registration (nor a cached registering function).
+    """
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from hrsam.ops.varlen_attention import triton_kernel
+    except ImportError:  # Triton is optional
+        return None
+    triton_attention_op()
+    return triton_kernel
+
+
+_ENGINE_KERNEL = _load_engine_kernel()
+
+
+def engine_attention_unsupported(q: Tensor, v: Tensor) -> str | None:
+    """Why a compiled engine's trace keeps PyTorch's kernels for these inputs (None: it runs ours).
+
+    Inside ``engine_kernels()`` 16-bit CUDA calls run our Triton kernel, traced as
+    ``hrsam::varlen_attention_triton``: replayed from a CUDA graph it took 0.055 ms against 0.072
+    for PyTorch's flash kernel at HRSAM 2048's layouts on the H200 (docs/BENCHMARKS.md, "Varlen
+    attention kernels"); called from Python it is the slower one, so eager calls keep flash.
+    float32 keeps PyTorch's memory-efficient kernel (ours is no faster in float32).
+    """
+    if not q.is_cuda:
+        return f"our kernel runs on CUDA tensors, got {q.device.type}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"{q.dtype} keeps PyTorch's kernel"
+    if _ENGINE_KERNEL is None:
+        return "needs Triton, and CUDA when hrsam was imported"
+    return _ENGINE_KERNEL.unsupported_reason(q, v)
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor) -> None:
     """Shape / dtype / device checks that name the problem before any kernel sees the inputs."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
@@ -156,6 +218,10 @@ def varlen_attention(
     _check_offsets(cu_seqlens_q, q.shape[0], max_seqlen_q, "cu_seqlens_q")
     _check_offsets(cu_seqlens_k, k.shape[0], max_seqlen_k, "cu_seqlens_k")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if engine_kernels_active() and engine_attention_unsupported(q, v) is None:  # compiled engines (see there)
+        return torch.ops.hrsam.varlen_attention_triton(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale
+        )
     if lowering_active():  # traced for an AOTInductor package: code it can compile (hrsam.ops.lowering)
         return varlen_attention_lowered(
             q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale
