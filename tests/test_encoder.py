@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hrsam.modeling.configs import get_config
-from hrsam.modeling.encoder import HRSAMEncoder, upsample_channels_last
+from hrsam.modeling.encoder import BilinearTaps, HRSAMEncoder, upsample_channels_last
 
 # The authors' published encoders (paper, Table 3 / docs/MODEL.md, "Encoder").
 PUBLISHED = {"hrsam_vit_b": 96.4e6, "hrsampp_vit_b": 106.9e6}
@@ -94,8 +94,9 @@ def test_layouts_built_once_per_size() -> None:
         assert encoder._layouts[(((16, 16),), 1, "cpu", False)] is first
         encoder(torch.randn(1, 3, 256, 320))
     assert len(encoder._layouts) == 2
-    plain, shifted = first
+    plain, shifted, anchor_taps = first
     assert plain.plan.shift == 0 and shifted.plan.shift == 8 and plain.plan.kv_padding
+    assert anchor_taps is None  # HRSAM: no anchor grid
 
 
 def test_layout_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +162,7 @@ def test_upsample_channels_last_equals_interpolate(
         grid.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False
     )
     want = want.permute(0, 2, 3, 1)
-    got = upsample_channels_last(grid, size)
+    got = upsample_channels_last(grid, BilinearTaps.build(source, size, grid.device))
     assert got.dtype == dtype and got.shape == want.shape
     tolerance = 1e-6 if dtype == torch.float32 else 2**-7
     torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance * want.abs().max().item())

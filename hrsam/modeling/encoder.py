@@ -15,12 +15,15 @@ Forward order, as the authors' implementation (so their checkpoints give the sam
    to the main grid), a LayerNorm shared by both scales and channel concatenation (HRSAM++);
 5. the neck (``hrsam.modeling.neck``).
 
-Index plans, cu_seqlens and RoPE tables (``AttentionLayout``) are built once per (input size,
-batch, device) and cached, so a fixed-size forward does no index construction and ``torch.export``
-sees them as constants. Any input size that is a multiple of 16 works.
+Index plans, cu_seqlens and RoPE tables (``AttentionLayout``) and HRSAM++'s anchor upsampling
+taps (``BilinearTaps``) are built once per (input size, batch, device) and cached, so a
+fixed-size forward does no index construction and ``torch.export`` sees them as constants. Any input size that is a multiple of 16 works.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +90,7 @@ class HRSAMEncoder(nn.Module):
             self.fusion_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(stages))
         scales = 2 if config.multi_scale else 1
         self.neck = Neck(scales * dim, config.out_dim, stages)
-        self._layouts: dict[tuple, tuple[AttentionLayout, AttentionLayout]] = {}
+        self._layouts: dict[tuple, SizePlan] = {}
         self.portable = False
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -127,12 +130,10 @@ class HRSAMEncoder(nn.Module):
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:  # the key must match inputs' "cuda:N"
             device = torch.device("cuda", torch.cuda.current_device())
-        self._layout_pair(self.grids(height, width), batch, device)
+        self._size_plan(self.grids(height, width), batch, device)
 
-    def _layout_pair(
-        self, grids: tuple[Grid, ...], batch: int, device: torch.device
-    ) -> tuple[AttentionLayout, AttentionLayout]:
-        """(plain, shifted) layouts for these grids, built once per (grids, batch, device)."""
+    def _size_plan(self, grids: tuple[Grid, ...], batch: int, device: torch.device) -> SizePlan:
+        """Layouts (and HRSAM++'s anchor taps) for these grids, built once per (grids, batch, device)."""
         key = (grids, batch, str(device), self.portable)
         if key not in self._layouts:
             if torch.compiler.is_compiling():
@@ -143,12 +144,14 @@ class HRSAMEncoder(nn.Module):
             if len(self._layouts) >= MAX_CACHED_LAYOUTS:  # drop the oldest size (dicts keep order)
                 del self._layouts[next(iter(self._layouts))]
             window, head_dim = self.config.window, self.config.head_dim
-            self._layouts[key] = tuple(
+            plain, shifted = (
                 AttentionLayout.build(
                     window_plan(grids, window, shift, True, batch), head_dim, device, dense=self.portable
                 )
                 for shift in (0, window // 2)
             )
+            taps = BilinearTaps.build(grids[1], grids[0], device) if self.config.multi_scale else None
+            self._layouts[key] = SizePlan(plain, shifted, taps)
         return self._layouts[key]
 
     def _patchify(self, images: Tensor) -> Tensor:
@@ -181,7 +184,7 @@ class HRSAMEncoder(nn.Module):
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         batch, height, width = int(images.shape[0]), int(images.shape[2]), int(images.shape[3])
         grids = self.grids(height, width)
-        plain, shifted = self._layout_pair(grids, batch, images.device)
+        plan = self._size_plan(grids, batch, images.device)
         tokens = [self._embed(images)]
         if self.config.anchor_size is not None:
             size = (self.config.anchor_size, self.config.anchor_size)
@@ -196,11 +199,11 @@ class HRSAMEncoder(nn.Module):
             stage = self._stage_of(i)
             if stage is not None:
                 x = self.scans[stage](x.view(batch, -1, channels), segments).reshape(-1, channels)
-            x = block(x, plain if i % 2 == 0 else shifted)
+            x = block(x, plan.plain if i % 2 == 0 else plan.shifted)
             if stage is not None:
                 if self.config.multi_scale:
                     x = self.ms_scans[stage](x.view(batch, -1, channels)).reshape(-1, channels)
-                features.append(self._stage_output(x.view(batch, -1, channels), grids, stage))
+                features.append(self._stage_output(x.view(batch, -1, channels), grids, stage, plan.anchor_taps))
         return self.neck(features)
 
     def _stage_of(self, block: int) -> int | None:
@@ -208,33 +211,54 @@ class HRSAMEncoder(nn.Module):
         ends = self.config.stage_ends
         return ends.index(block) if block in ends else None
 
-    def _stage_output(self, x: Tensor, grids: tuple[Grid, ...], stage: int) -> Tensor:
+    def _stage_output(self, x: Tensor, grids: tuple[Grid, ...], stage: int, anchor_taps: BilinearTaps | None) -> Tensor:
         """[B, L, C] -> channels-last stage feature [B, h, w, C] (HRSAM) or [B, h, w, 2C] (HRSAM++)."""
         (h, w) = grids[0]
         main = x[:, : h * w].unflatten(1, (h, w))
-        if not self.config.multi_scale:
+        if anchor_taps is None:
             return main
-        anchor = upsample_channels_last(x[:, h * w :].unflatten(1, grids[1]), (h, w))
+        anchor = upsample_channels_last(x[:, h * w :].unflatten(1, grids[1]), anchor_taps)
         norm = self.fusion_norms[stage]
         return torch.cat([norm(main), norm(anchor)], dim=-1)
 
 
-def bilinear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _axis_taps(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Per output position along one axis: (lower source index, upper source index, upper weight).
 
     ``F.interpolate(mode="bilinear", align_corners=False)``'s sampling without antialias: source
     coordinate (i + 0.5) * in / out - 0.5, clamped at 0; the upper tap stops at the last index.
     """
-    source = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5).clamp(
-        min=0
-    )
+    scale = in_size / out_size
+    source = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
     lower = source.long()  # floor, as source >= 0
     upper = (lower + 1).clamp(max=in_size - 1)
     return lower, upper, source - lower
 
 
-def upsample_channels_last(grid: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of a channels-last grid [B, h, w, C] to ``size``.
+@dataclass(frozen=True)
+class BilinearTaps:
+    """A bilinear resize's source rows / columns and weights, built once per size (so exported
+    graphs hold them as constants, like the attention layouts)."""
+
+    rows: tuple[Tensor, Tensor, Tensor]
+    cols: tuple[Tensor, Tensor, Tensor]
+
+    @classmethod
+    def build(cls, source: Grid, size: Grid, device: torch.device) -> BilinearTaps:
+        """Taps resizing a ``source`` grid (h, w) to ``size``."""
+        return cls(_axis_taps(source[0], size[0], device), _axis_taps(source[1], size[1], device))
+
+
+class SizePlan(NamedTuple):
+    """What one input size needs besides the weights: attention layouts, HRSAM++'s anchor taps."""
+
+    plain: AttentionLayout
+    shifted: AttentionLayout
+    anchor_taps: BilinearTaps | None
+
+
+def upsample_channels_last(grid: Tensor, taps: BilinearTaps) -> Tensor:
+    """Bilinear resize (align_corners=False) of a channels-last grid [B, h, w, C] by ``taps``.
 
     Why not ``F.interpolate``: it needs channels-first input, and in the compiled HRSAM++ encoder the
     permutes around it made Inductor's fused upsample + LayerNorm kernel write its intermediates
@@ -242,7 +266,7 @@ def upsample_channels_last(grid: Tensor, size: tuple[int, int]) -> Tensor:
     2048 input, docs/BENCHMARKS.md). Gathering whole rows of channels keeps every access contiguous.
     Same arithmetic as the interpolation (two linear blends, in float32), result in ``grid``'s dtype.
     """
-    (h0, h1, wh), (w0, w1, ww) = (bilinear_taps(n, m, grid.device) for n, m in zip(size, grid.shape[1:3], strict=True))
+    (h0, h1, wh), (w0, w1, ww) = taps.rows, taps.cols
     values = grid.float()
     top, bottom = values[:, h0], values[:, h1]
     rows = top + (bottom - top) * wh[:, None, None]
