@@ -17,7 +17,8 @@ Forward order, as the authors' implementation (so their checkpoints give the sam
 
 Index plans, cu_seqlens and RoPE tables (``AttentionLayout``) and HRSAM++'s anchor upsampling
 taps (``BilinearTaps``) are built once per (input size, batch, device) and cached, so a
-fixed-size forward does no index construction and ``torch.export`` sees them as constants. Any input size that is a multiple of 16 works.
+fixed-size forward does no index construction and ``torch.export`` sees them as constants. Any
+input size that is a multiple of 16 works.
 """
 
 from __future__ import annotations
