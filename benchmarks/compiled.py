@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import os
 import subprocess
 import sys
@@ -92,9 +93,27 @@ def session_parity(runner: Runner, size: int, reference: list, same: list) -> tu
     return float(max(errors)), float(min(ious))
 
 
+def source_fingerprint() -> str:
+    """A short hash of the product's source (``hrsam/``, ``export/``): what a package was built from.
+
+    Why: a reused package must come from the code being measured. A GPU machine kept warm between
+    calls keeps ``--aoti-dir``; without the fingerprint in the directory name a run on one branch
+    reused a package another branch had built (fifteenth session, docs/BENCHMARKS.md).
+    """
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    sources = (p for folder in ("hrsam", "export") for p in (root / folder).rglob("*") if p.suffix in (".py", ".c"))
+    for path in sorted(sources):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def aoti_directory(name: str, size: int, args: argparse.Namespace) -> tuple[Path, str]:
-    """The case's package directory under --aoti-dir, packaged unless it already holds this case."""
-    directory = args.aoti_dir / f"{name}_{size}_{args.precision}{'_autotuned' if args.max_autotune else ''}"
+    """The case's package directory under --aoti-dir, packaged unless it already holds this case
+    built from this source (``source_fingerprint``)."""
+    tuned = "_autotuned" if args.max_autotune else ""
+    directory = args.aoti_dir / f"{name}_{size}_{args.precision}{tuned}_{source_fingerprint()}"
     if (directory / SIDECAR_FILE).is_file():
         sidecar = Sidecar.read(directory)
         record = sidecar.aoti.get("encoder", {})
