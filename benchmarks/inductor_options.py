@@ -44,6 +44,14 @@ VARIANTS: dict[str, dict[str, str]] = {
     # Hopper's programmatic dependent launch for Inductor's own Triton kernels: each may start while
     # its predecessor drains. The graph's gaps between kernels read 0.10-0.34 ms at 2048.
     "programmatic dependent launch (PDL)": {"TORCHINDUCTOR_ENABLE_PDL": "1"},
+    # LayerNorms over 768 channels: Inductor keeps a row in registers ("persistent" reduction) only
+    # when it classes the reduction as inner (threshold 1024, else 64). The fused residual add +
+    # layout gather + LayerNorm kernels mostly come out looped (`triton_red_*`, 0.04-0.05 ms each at
+    # 2048) while the one persistent sibling (`triton_per_*`) takes 0.020 ms (profiles, fourteenth
+    # and fifteenth sessions). Multi-kernel compiles both forms and times them at the first calls;
+    # mode 2 forces the persistent form.
+    "multi-kernel (persistent or looped reduction, timed)": {"TORCHINDUCTOR_MULTI_KERNEL": "1"},
+    "persistent reductions forced (multi-kernel mode 2)": {"TORCHINDUCTOR_MULTI_KERNEL": "2"},
 }
 
 
