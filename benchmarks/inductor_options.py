@@ -13,7 +13,7 @@ environment variables in a child process, which compiles ``hrsam.compiled.Encode
 events), its build time (cold or warm as ``TORCHINDUCTOR_CACHE_DIR`` is) and its output's largest
 error relative to eager at the same precision and eager float32. The "persistent rows" variants
 install ``PersistentRows`` as Inductor's choices handler instead of setting an option, and report
-how many reductions it made persistent.
+how many persistent-reduction decisions it changed.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class PersistentRows(InductorChoices):
     Installed as Inductor's choices handler (``V.set_choices_handler``, the hook Inductor offers for
     heuristics from out of tree) around the compile. ``hints``: "default" overrides only reductions
     Inductor classed with the default hint (neither inner nor outer), "any" every one. ``overridden``
-    counts the kernels whose choice it changed.
+    counts the decisions it changed (Inductor may ask more than once per kernel: a sign of life,
+    not a kernel count).
     """
 
     def __init__(self, hints: str) -> None:
@@ -163,7 +164,7 @@ def main() -> int:
                      r.get("overridden", "-")])  # fmt: skip
         print(label, r, flush=True)
     header = ["Inductor options", "graph ms", "build s", f"max err vs eager {args.precision}", "vs eager fp32",
-              "reductions made persistent"]  # fmt: skip
+              "persistent decisions changed"]  # fmt: skip
     text = "\n".join([f"## Compiled encoder under Inductor options: {args.model} at {args.size}, {args.precision}",
                       "", f"- {environment()}", "", markdown_table(header, rows), ""])  # fmt: skip
     write_report(args.out, text)
