@@ -73,7 +73,9 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     inputs = make_inputs(1, 40, 7, 150, torch.bfloat16, seed=5)
     weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
     want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), True)
-    error = relative(triton_cycle.cycle_scan_triton(*inputs, weights, True), want)
+    got = triton_cycle.cycle_scan_triton(*inputs, weights, True)
+    assert got.dtype == torch.bfloat16 and got.transpose(1, 2).is_contiguous()  # token-major y
+    error = relative(got, want)
     assert error < 2e-2, error
     print(f"bfloat16: {error:.1e}")
 
@@ -185,6 +187,7 @@ def test_cpu_kernel_against_the_definition() -> None:
             got = cycle_scan(*inputs, weights, softplus)
             error = ((got.double() - want).abs().max() / want.abs().max()).item()
             assert error < 1e-6, (case, repeats, softplus, error)
+            assert got.transpose(1, 2).is_contiguous()  # token-major, as the fake says
     torch.manual_seed(0)
     module = CycleScan(48, state_dim=8).eval()
     torch.nn.init.normal_(module.gamma, mean=1.0, std=0.5)
@@ -225,7 +228,7 @@ def test_offline_sm90_compile(kernel: str) -> None:
         pointers = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "out_ptr", "enter_ptr",
                     "total_ptr"]
         integers = ["dim", "seqlen", "dstate", "chunk_len", "n_chunks", "stride_an", "stride_bb", "stride_bt",
-                    "stride_bn", "stride_srow", "stride_sn"]  # fmt: skip
+                    "stride_bn", "stride_srow", "stride_sn", "stride_ob", "stride_od", "stride_ot"]  # fmt: skip
         constants = {"BLOCK_D": 32, "BLOCK_N": 32, "STEPS": 8, "EVEN_D": True, "EVEN_N": True, "SOFTPLUS": True}
         warps = 1
     signature = {name: "*fp32" for name in pointers} | {name: "i32" for name in integers}

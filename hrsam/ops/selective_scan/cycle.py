@@ -44,7 +44,7 @@ from hrsam.ops.backend import forced_backend
 from hrsam.ops.lowering import lowering_active
 from hrsam.ops.selective_scan import OP, _validate, cpu_backend
 from hrsam.ops.selective_scan.inductor import triton_cycle_op
-from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked
+from hrsam.ops.selective_scan.reference import compute_dtype, selective_scan_chunked, token_major_empty
 
 
 def _load_kernels() -> ModuleType | None:
@@ -150,7 +150,8 @@ def cycle_scan_op(
 ) -> Tensor:
     """The registered operator (opaque to Inductor, like ``hrsam::selective_scan``); call ``cycle_scan``."""
     if not u.is_cuda:
-        return cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
+        y = cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
+        return token_major_empty(y).copy_(y)  # the layout the fake promises
     if _KERNELS is None:
         raise RuntimeError("hrsam::cycle_scan needs Triton, and CUDA when hrsam was imported")
     return _KERNELS.cycle_scan_triton(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
@@ -168,7 +169,7 @@ def _cycle_scan_fake(
     weights: Tensor,
     delta_softplus: bool,
 ) -> Tensor:
-    return torch.empty_like(u, memory_format=torch.contiguous_format)
+    return token_major_empty(u)
 
 
 def cycle_scan(
@@ -182,7 +183,8 @@ def cycle_scan(
     weights: Tensor,
     delta_softplus: bool = True,
 ) -> Tensor:
-    """y [batch, dim, L] = ``cycle_scan_tiled``'s result through the L-step kernel.
+    """y [batch, dim, L] = ``cycle_scan_tiled``'s result through the L-step kernel, stored token-major
+    (the transpose of a contiguous [batch, L, dim]: ``reference.token_major_empty`` says why).
 
     Inputs as ``selective_scan``'s (untiled: u, delta [batch, dim, L], B, C [batch, N, L]) plus
     weights [dim, R] in the state dtype. Raises ValueError naming the problem for bad inputs or

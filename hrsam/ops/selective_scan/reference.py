@@ -29,6 +29,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def token_major_empty(u: torch.Tensor) -> torch.Tensor:
+    """An uninitialised y like u ([batch, dim, L], u's dtype) stored token-major: the transpose of a
+    contiguous [batch, L, dim], the layout ``hrsam::cycle_scan`` returns. Its consumer, the
+    Cycle-scan's LayerNorm over channels, then reads rows; over the channel-major y it was a strided
+    reduction that Inductor loops over (docs/BENCHMARKS.md)."""
+    batch, dim, length = u.shape
+    return torch.empty(batch, length, dim, dtype=u.dtype, device=u.device).transpose(1, 2)
+
+
 def _discretise(
     u: torch.Tensor,
     delta: torch.Tensor,

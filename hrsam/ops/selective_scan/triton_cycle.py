@@ -36,6 +36,7 @@ from hrsam.ops.selective_scan.triton_kernel import (
     _scan_chunk_summaries,
     prepare_chunk_launch,
 )
+from hrsam.ops.selective_scan.reference import token_major_empty
 
 
 @triton.jit
@@ -77,15 +78,20 @@ def _cycle_carry_kernel(
     tl.store(enter_ptr + pid_b * n_chunks * (dstate * dim) + offs_nd, tail, mask=mask_nd)
 
 
-@triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn"])
+@triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn", "stride_od"])
 def _cycle_output_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, enter_ptr, total_ptr,
     dim, seqlen, dstate, chunk_len, n_chunks,
-    stride_an, stride_bb, stride_bt, stride_bn, stride_srow, stride_sn,
+    stride_an, stride_bb, stride_bt, stride_bn, stride_srow, stride_sn, stride_ob, stride_od, stride_ot,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):  # fmt: skip
-    """Pass 3: scan chunk c of u' = W u (``total_ptr``: W [dim]) from its weighted entering state and write y."""
+    """Pass 3: scan chunk c of u' = W u (``total_ptr``: W [dim]) from its weighted entering state and write y.
+
+    y's strides are runtime values (not specialised): were the channel stride known to be 1, Triton
+    would lay the whole kernel out along channels for the store, as it does for channel-contiguous
+    inputs (the register layout that keeps the states per lane is what makes the scan fast).
+    """
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -95,8 +101,8 @@ def _cycle_output_kernel(
     h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
     _scan_chunk(
         h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, total_ptr,
-        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, True,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn, stride_ob, stride_od, stride_ot,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, True, True,
     )  # fmt: skip
 
 
@@ -113,7 +119,8 @@ def cycle_scan_triton(
     config: ScanConfig | None = None,
     wrap_triton: Callable[[Any], Any] | None = None,
 ) -> torch.Tensor:
-    """y [batch, dim, L] in u's dtype; inputs validated (``cycle.cycle_scan``), weights [dim, R] float32.
+    """y [batch, dim, L] in u's dtype, stored token-major (``token_major_empty``); inputs validated
+    (``cycle.cycle_scan``), weights [dim, R] float32.
 
     wrap_triton: as ``triton_kernel.selective_scan_triton``'s: ``torch.library.wrap_triton`` makes
     the three launches traceable, so an AOTInductor package compiles them in
@@ -125,7 +132,7 @@ def cycle_scan_triton(
     weights = weights.float()
     go = prepare_chunk_launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config)
     total = weights.sum(dim=1)  # W per channel: the output pass scans W u without a scaled copy of u
-    out = torch.empty_like(go.u)
+    out = token_major_empty(go.u)
     states = torch.empty(batch, go.n_chunks, dstate, dim, device=u.device, dtype=torch.float32)
     entering = torch.empty_like(states)
     dt_sums = torch.empty(batch, go.n_chunks, dim, device=u.device, dtype=torch.float32)
@@ -142,6 +149,7 @@ def cycle_scan_triton(
     )  # fmt: skip
     wrap_triton(_cycle_output_kernel)[(go.n_chunks, go.d_blocks, batch)](
         go.u, go.delta, go.A_t, go.B_t, go.C_t, go.D, go.delta_bias, out, entering, total,
-        dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, **go.flags,
+        dim, seqlen, dstate, go.chunk_len, go.n_chunks, go.A_t.stride(0), *go.b_strides, *state_strides, *out.stride(),
+        **go.flags,
     )  # fmt: skip
     return out

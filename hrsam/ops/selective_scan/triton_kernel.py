@@ -111,6 +111,8 @@ def _scan_tile(
     C_ptr,
     out_ptr,
     ud_row,
+    out_row,
+    stride_ot,
     bc_base,
     bias,
     Dv,
@@ -135,6 +137,8 @@ def _scan_tile(
     mask_d / mask_n are all-true constants for even shapes, which Triton folds away.
     SCALE_U: the input is ``scale * u`` per channel (the Cycle-scan's output pass), so no scaled
     copy of u is written first; without it ``scale`` is not read.
+    y goes to ``out_row`` (per channel) + t * ``stride_ot``: u's layout for the plain scan, token-major
+    for the Cycle-scan (``triton_cycle``).
     """
     offs_t = tl.arange(0, STEPS)
     t = t0 + offs_t
@@ -171,7 +175,8 @@ def _scan_tile(
             y_i = tl.sum(h * C_i[:, None], axis=0)
             y = tl.where(pick, y + y_i[:, None], y)
     if OUTPUT:
-        tl.store(out_ptr + tile, y.to(out_ptr.dtype.element_ty), mask=mask_tile)
+        out_tile = out_row[:, None] + t[None, :] * stride_ot
+        tl.store(out_ptr + out_tile, y.to(out_ptr.dtype.element_ty), mask=mask_tile)
     return h, dt_sum
 
 
@@ -198,6 +203,9 @@ def _scan_chunk(
     stride_bb,
     stride_bt,
     stride_bn,
+    stride_ob,
+    stride_od,
+    stride_ot,
     BLOCK_N: tl.constexpr,
     STEPS: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -205,10 +213,13 @@ def _scan_chunk(
     SOFTPLUS: tl.constexpr,
     OUTPUT: tl.constexpr,
     SCALE_U: tl.constexpr,
+    Y_STRIDED: tl.constexpr,
 ):
     """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``.
 
     SCALE_U: scan ``scale * u`` (``scale_ptr``: [dim] float32); without it ``scale_ptr`` is not read.
+    Y_STRIDED: y has the strides stride_ob / stride_od / stride_ot (batch, channel, step); without it
+    y is laid out as u and delta, [batch, dim, L] contiguous, and the strides are not read.
     """
     offs_n = tl.arange(0, BLOCK_N)
     # Masks known true at compile time fold away, so even shapes pay for none.
@@ -234,6 +245,11 @@ def _scan_chunk(
     else:
         scale = Dv  # not read
     ud_row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
+    if Y_STRIDED:
+        out_row = pid_b * stride_ob + offs_d.to(tl.int64) * stride_od
+    else:
+        out_row = ud_row
+        stride_ot = 1
     bc_base = pid_b * stride_bb
     dt_sum = tl.zeros_like(Dv)
     start = pid_c * chunk_len
@@ -241,13 +257,13 @@ def _scan_chunk(
     full_stop = start + ((stop - start) // STEPS) * STEPS
     for t0 in range(start, full_stop, STEPS):
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias, Dv, scale,
-            offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
+            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base, bias,
+            Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
             STEPS, False, SOFTPLUS, OUTPUT, SCALE_U,
         )
     if full_stop < stop:
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias,
+            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base, bias,
             Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
             STEPS, True, SOFTPLUS, OUTPUT, SCALE_U,
         )
@@ -270,8 +286,8 @@ def _chunk_state_kernel(
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     h, dt_sum = _scan_chunk(
         h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, B_ptr, D_ptr, bias_ptr, u_ptr, D_ptr,
-        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False, False,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn, 0, 0, 0,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False, False, False,
     )
     row = pid_b * n_prefix + pid_c
     mask_d = offs_d < dim
@@ -342,8 +358,8 @@ def _chunk_output_kernel(
         h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
     _scan_chunk(
         h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, D_ptr,
-        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, False,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn, 0, 0, 0,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, False, False,
     )
 
 
