@@ -11,9 +11,7 @@ and norm kernels) is measured here rather than assumed. Each variant (``VARIANTS
 environment variables in a child process, which compiles ``hrsam.compiled.EncoderPart`` with
 ``compile_part``, captures it in a CUDA graph and reports the replay's median over 50 calls (CUDA
 events), its build time (cold or warm as ``TORCHINDUCTOR_CACHE_DIR`` is) and its output's largest
-error relative to eager at the same precision and eager float32. The "persistent rows" variants
-install ``PersistentRows`` as Inductor's choices handler instead of setting an option, and report
-how many persistent-reduction decisions it changed.
+error relative to eager at the same precision and eager float32.
 """
 
 from __future__ import annotations
@@ -25,13 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import sympy
 import torch
-from torch._inductor import config as inductor_config
-from torch._inductor.choices import InductorChoices
-from torch._inductor.runtime.hints import ReductionHint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,10 +33,6 @@ from hrsam.checkpoint import load_model  # noqa: E402
 from hrsam.compiled import CudaGraphCall, EncoderPart, compile_part  # noqa: E402
 from hrsam.runner import autocast_dtype_of  # noqa: E402
 
-if TYPE_CHECKING:
-    from torch._inductor.codegen.simd_kernel_features import SIMDKernelFeatures
-
-PERSISTENT_ROWS = "HRSAM_BENCH_PERSISTENT_ROWS"  # "default" or "any": which reductions PersistentRows overrides
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults (the runner's)": {},
     "coordinate-descent tuning": {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"},
@@ -55,66 +44,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     # Hopper's programmatic dependent launch for Inductor's own Triton kernels: each may start while
     # its predecessor drains. The graph's gaps between kernels read 0.10-0.34 ms at 2048.
     "programmatic dependent launch (PDL)": {"TORCHINDUCTOR_ENABLE_PDL": "1"},
-    # LayerNorms over 768 channels: Inductor keeps a row in registers ("persistent" reduction) only
-    # when it classes the reduction as inner (threshold 1024, else 64). The fused residual add +
-    # layout gather + LayerNorm kernels mostly come out looped (`triton_red_*`, 0.04-0.05 ms each at
-    # 2048) while the one persistent sibling (`triton_per_*`) takes 0.020 ms (profiles, fourteenth
-    # and fifteenth sessions). Multi-kernel cannot test this: it only adds a looped alternative to
-    # kernels already chosen persistent. ``PersistentRows`` overrides the choice; the FX graph and
-    # AOTAutograd caches are off for these variants, whose keys do not see the override.
-    "persistent rows <= 1024, default-hint reductions": {
-        PERSISTENT_ROWS: "default", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0",
-    },
-    "persistent rows <= 1024, any reduction": {
-        PERSISTENT_ROWS: "any", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0",
-    },
 }
-
-
-class PersistentRows(InductorChoices):
-    """Inductor's heuristics, except that static reductions of <= 1024 elements keep the row in registers.
-
-    Installed as Inductor's choices handler (``V.set_choices_handler``, the hook Inductor offers for
-    heuristics from out of tree) around the compile. ``hints``: "default" overrides only reductions
-    Inductor classed with the default hint (neither inner nor outer), "any" every one. ``overridden``
-    counts the decisions it changed (Inductor may ask more than once per kernel: a sign of life,
-    not a kernel count).
-    """
-
-    def __init__(self, hints: str) -> None:
-        super().__init__()
-        self.hints = hints
-        self.overridden = 0
-
-    def should_use_persistent_reduction(self, features: SIMDKernelFeatures, cooperative_reduction: bool) -> bool:
-        if super().should_use_persistent_reduction(features, cooperative_reduction):
-            return True
-        numel = features.reduction_numel
-        if cooperative_reduction or not inductor_config.triton.persistent_reductions:
-            return False
-        if not isinstance(numel, int | sympy.Integer) or int(numel) > 1024:
-            return False
-        if self.hints == "default" and features.get_reduction_hint() != ReductionHint.DEFAULT:
-            return False
-        self.overridden += 1
-        return True
 
 
 def child(model_name: str, size: int, precision: str) -> dict:
     """Compile, capture and time the encoder in this process (its Inductor options from the environment)."""
-    rows = os.environ.get(PERSISTENT_ROWS)
-    if rows is None:
-        return measure(model_name, size, precision)
-    from torch._inductor.virtualized import V
-
-    handler = PersistentRows(rows)
-    with V.set_choices_handler(handler):
-        result = measure(model_name, size, precision)
-    return {**result, "overridden": handler.overridden}
-
-
-def measure(model_name: str, size: int, precision: str) -> dict:
-    """The encoder compiled and captured: graph replay ms, build s, errors vs eager at the precision and fp32."""
     model = load_model(model_name).model.cuda().eval()
     model.encoder.prepare(size, size, 1, "cuda")
     images = torch.randn(1, 3, size, size, device="cuda")
@@ -157,14 +91,12 @@ def main() -> int:
                    args.precision, "--out", str(args.out), "--child"]  # fmt: skip
         done = subprocess.run(command, env={**os.environ, **settings}, capture_output=True, text=True)
         if done.returncode != 0:
-            rows.append([label, "failed: " + done.stderr.strip().splitlines()[-1][:80], "-", "-", "-", "-"])
+            rows.append([label, "failed: " + done.stderr.strip().splitlines()[-1][:80], "-", "-", "-"])
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append([label, f"{r['ms']:.3f}", f"{r['build s']:.0f}", f"{r['error']:.2e}", f"{r['error fp32']:.2e}",
-                     r.get("overridden", "-")])  # fmt: skip
+        rows.append([label, f"{r['ms']:.3f}", f"{r['build s']:.0f}", f"{r['error']:.2e}", f"{r['error fp32']:.2e}"])
         print(label, r, flush=True)
-    header = ["Inductor options", "graph ms", "build s", f"max err vs eager {args.precision}", "vs eager fp32",
-              "persistent decisions changed"]  # fmt: skip
+    header = ["Inductor options", "graph ms", "build s", f"max err vs eager {args.precision}", "vs eager fp32"]
     text = "\n".join([f"## Compiled encoder under Inductor options: {args.model} at {args.size}, {args.precision}",
                       "", f"- {environment()}", "", markdown_table(header, rows), ""])  # fmt: skip
     write_report(args.out, text)

@@ -202,6 +202,15 @@ def test_cpu_kernel_against_the_definition() -> None:
     assert ((got - want).abs().max() / want.abs().max()).item() < 5e-6
 
 
+def test_the_op_returns_the_layout_its_fake_promises() -> None:
+    """torch.compile and AOTInductor trust the fake's strides (token-major y); ``opcheck`` compares
+    them with the CPU kernel's real output, among its other checks of the registration."""
+    inputs = make_inputs(1, 40, 7, 150, torch.float32, seed=1)
+    weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    results = torch.library.opcheck(torch.ops.hrsam.cycle_scan.default, (*inputs, weights, True))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
 def test_export_detection_inside_real_traces() -> None:
     """False while torch.compile traces (Dynamo up to torch 2.11 folds ``is_exporting()`` to True
     there), True while torch.export traces, strict or not."""

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import log_once
+from hrsam.ops.selective_scan.reference import token_major_empty
 
 SOURCE = Path(__file__).with_name("cpu_scan.c")
 COMPILE_FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-std=c11")
@@ -247,24 +248,26 @@ def cycle_forward(
     weights: Tensor,
     delta_softplus: bool,
 ) -> Tensor:
-    """The Cycle-scan's weighted scan (``hrsam.ops.selective_scan.cycle``), y [batch, dim, L] in u's dtype.
+    """The Cycle-scan's weighted scan (``hrsam.ops.selective_scan.cycle``), y [batch, dim, L] in u's dtype,
+    stored token-major as ``hrsam::cycle_scan`` returns it.
 
     Two passes over L instead of one over R L (``cpu_scan.c``, ``cycle_block``).
     """
     batch, dim, seqlen = u.shape
     sizes = (batch, dim, A.shape[1], seqlen, weights.shape[1])
     inputs = (u, delta, A, B, C, D, delta_bias, weights)
-    return _call(_loaded_kernels().cycle, inputs, *sizes, int(delta_softplus))
+    return _call(_loaded_kernels().cycle, inputs, *sizes, int(delta_softplus), token_major=True)
 
 
-def _call(entry: Callable[..., int], inputs: tuple[Tensor, ...], *scalars: int) -> Tensor:
+def _call(entry: Callable[..., int], inputs: tuple[Tensor, ...], *scalars: int, token_major: bool = False) -> Tensor:
     """Run a C entry point on contiguous float32 copies of ``inputs`` (u first) into a new y; u's dtype back.
 
     The C signatures are (input pointers..., y, scalars..., threads); returns 0 or 1 (out of memory).
+    token_major: the entry writes y token-major (``reference.token_major_empty``), else laid out as u.
     """
     u = inputs[0]
     args = [t.to(torch.float32).contiguous() for t in inputs]
-    y = torch.empty(u.shape, dtype=torch.float32)
+    y = token_major_empty(args[0]) if token_major else torch.empty(u.shape, dtype=torch.float32)
     if entry(*(t.data_ptr() for t in (*args, y)), *scalars, torch.get_num_threads()) != 0:
         raise MemoryError(f"hrsam::{OP}: the CPU kernel could not allocate its per-thread workspace")
     return y.to(u.dtype)

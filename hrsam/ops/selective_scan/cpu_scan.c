@@ -15,7 +15,8 @@
  *
  * Memory access: u, delta and y are [batch, dim, L] (L contiguous) but are needed across
  * channels, so a tile of TILE steps x LANES channels is transposed into a small buffer (and y out
- * of one); B and C [batch, N, L] are read in place: at step t the block touches B[n][t] for all
+ * of one; the cycle scan's y is token-major, [batch, L, dim], and leaves its buffer row by row);
+ * B and C [batch, N, L] are read in place: at step t the block touches B[n][t] for all
  * n, 2 N cache lines that stay hot for 16 consecutive steps.
  *
  * Work items are (batch, channel block) pairs, shared by the OpenMP threads. Lanes past the last
@@ -63,6 +64,7 @@ typedef struct {
     int softplus;
     const float *weights; /* cycle scan only: [dim, repeats] copy weights, else NULL */
     int64_t repeats;
+    int token_major; /* y is [batch, L, dim] (the cycle scan's), else [batch, dim, L] like u */
 } scan_args;
 
 typedef struct {
@@ -164,9 +166,17 @@ static void advance_tile(const scan_args *s, const workspace *w, int64_t b, int6
     }
 }
 
-/* Write the tile's outputs y = yt + D u back to [batch, dim, L]. */
+/* Write the tile's outputs y = yt + D u back to y, [batch, dim, L] or token-major [batch, L, dim]
+ * (each step's channels contiguous: the tile buffer's rows copied straight out). */
 static void store_tile(const scan_args *s, const workspace *w, int64_t b, int64_t d0, int width, int64_t t0,
                        int steps) {
+    if (s->token_major) {
+        for (int t = 0; t < steps; t++) {
+            float *yrow = s->y + (b * s->seqlen + t0 + t) * s->dim + d0;
+            for (int c = 0; c < width; c++) yrow[c] = w->yt[t * LANES + c] + s->D[d0 + c] * w->ut[t * LANES + c];
+        }
+        return;
+    }
     for (int c = 0; c < width; c++) {
         float *yrow = s->y + ((b * s->dim) + d0 + c) * s->seqlen + t0;
         float skip = s->D[d0 + c];
@@ -264,16 +274,18 @@ static int run_blocks(const scan_args *s, void (*block)(const scan_args *, const
 int hrsam_selective_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
                              const float *D, const float *delta_bias, float *y, int64_t batch, int64_t dim,
                              int64_t dstate, int64_t seqlen, int softplus, int threads) {
-    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, NULL, 0};
+    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, NULL, 0, 0};
     return run_blocks(&s, scan_block, threads);
 }
 
 /* Entry point (ctypes): the Cycle-scan's weighted scan of the sequence repeated `repeats` times,
- * y [batch, dim, L] = sum_k weights[:, k] * (the scan of the tiled sequence's copy k); weights
- * [dim, repeats]; the other arrays as hrsam_selective_scan_f32's, untiled. */
+ * y = sum_k weights[:, k] * (the scan of the tiled sequence's copy k), written token-major
+ * ([batch, L, dim], the layout hrsam::cycle_scan returns); weights [dim, repeats]; the other
+ * arrays as hrsam_selective_scan_f32's, untiled. */
 int hrsam_cycle_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
                          const float *D, const float *delta_bias, const float *weights, float *y, int64_t batch,
                          int64_t dim, int64_t dstate, int64_t seqlen, int64_t repeats, int softplus, int threads) {
-    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, weights, repeats};
+    const scan_args s = {u, delta, A, B, C, D, delta_bias, y, batch, dim, dstate, seqlen, softplus, weights, repeats,
+                         1 /* token-major y */};
     return run_blocks(&s, cycle_block, threads);
 }

@@ -150,8 +150,7 @@ def cycle_scan_op(
 ) -> Tensor:
     """The registered operator (opaque to Inductor, like ``hrsam::selective_scan``); call ``cycle_scan``."""
     if not u.is_cuda:
-        y = cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
-        return token_major_empty(y).copy_(y)  # the layout the fake promises
+        return cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
     if _KERNELS is None:
         raise RuntimeError("hrsam::cycle_scan needs Triton, and CUDA when hrsam was imported")
     return _KERNELS.cycle_scan_triton(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hrsam.ops.selective_scan.reference import token_major_empty
 from hrsam.ops.selective_scan.triton_kernel import (
     _CARRY_TILE,
     ScanConfig,
@@ -36,7 +37,6 @@ from hrsam.ops.selective_scan.triton_kernel import (
     _scan_chunk_summaries,
     prepare_chunk_launch,
 )
-from hrsam.ops.selective_scan.reference import token_major_empty
 
 
 @triton.jit

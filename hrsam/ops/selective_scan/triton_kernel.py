@@ -263,8 +263,8 @@ def _scan_chunk(
         )
     if full_stop < stop:
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base, bias,
-            Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
+            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base,
+            bias, Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
             STEPS, True, SOFTPLUS, OUTPUT, SCALE_U,
         )
     return h, dt_sum
