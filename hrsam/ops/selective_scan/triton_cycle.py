@@ -88,9 +88,10 @@ def _cycle_output_kernel(
 ):  # fmt: skip
     """Pass 3: scan chunk c of u' = W u (``total_ptr``: W [dim]) from its weighted entering state and write y.
 
-    y's strides are runtime values (not specialised): were the channel stride known to be 1, Triton
-    would lay the whole kernel out along channels for the store, as it does for channel-contiguous
-    inputs (the register layout that keeps the states per lane is what makes the scan fast).
+    y's channel stride is a runtime value (not specialised): known to be 1, it could make Triton lay
+    the tile out along channels for the store, as it did for channel-contiguous inputs (slower,
+    docs/BENCHMARKS.md); the per-lane state layout is what makes the scan fast. Unspecialised, each
+    warp's store of one step is still one contiguous row of its channels.
     """
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
