@@ -18,6 +18,12 @@ to max |tiled|.
 - ``--sweep`` (CUDA): ``triton_cycle``'s launch configuration (``ScanConfig``: warps aimed at per
   SM, which sets the chunk count; time steps per tile; warps per program) at the same cases, each
   against the default the kernels were tuned with for the tiled scan's 3x longer sequences.
+- ``--layouts`` (CUDA): ``cycle_scan`` per case on the inputs as the model passed them before the
+  kernels read in place (u, delta contiguous float32 [batch, dim, L], B, C float32 [batch, N, L]),
+  the same plus the copies that made them from the bf16 projections (what eager inference ran),
+  and as the model passes them now: [batch, k, L] views of the token-major bf16 projections
+  ([batch, L, 2 dim] for u, [batch, L, dim + 2 N] for dt, B, C), read in place; the last also
+  without prefetching the next step's operands (``ScanConfig.prefetch``). CUDA-graph medians.
 """
 
 from __future__ import annotations
@@ -91,6 +97,48 @@ def sweep_rows(name: str, dim: int, length: int, repeats: int) -> list[list[obje
     return rows
 
 
+def layout_rows(name: str, dim: int, length: int, repeats: int) -> list[object]:
+    """``cycle_scan`` on main's float32 contiguous inputs, with the copies that made them, and on the
+    model's bf16 token-major views (with and without prefetch): ms, and the views' output against
+    the contiguous inputs' (the same bf16 values, so float32 rounding only)."""
+    from hrsam.ops.selective_scan import triton_cycle
+    from hrsam.ops.selective_scan.triton_kernel import ScanConfig
+
+    dstate = 32
+    u, delta, A, B, C, D, bias = (t.cuda() for t in make_inputs(1, dim, dstate, length, torch.float32))
+    weights = torch.rand(dim, 3, device="cuda") + 0.5
+    xz = torch.randn(1, length, 2 * dim, device="cuda", dtype=torch.bfloat16)  # [u, z], token-major
+    ssm = torch.empty(1, length, dim + 2 * dstate, device="cuda", dtype=torch.bfloat16)  # [dt, B, C]
+    xz[..., :dim] = u.transpose(1, 2)
+    ssm[..., :dim] = delta.transpose(1, 2)
+    ssm[..., dim : dim + dstate] = B.transpose(1, 2)
+    ssm[..., dim + dstate :] = C.transpose(1, 2)
+    pieces = (xz[..., :dim], ssm[..., :dim], ssm[..., dim : dim + dstate], ssm[..., dim + dstate :])
+    uv, dtv, Bv, Cv = (t.transpose(1, 2) for t in pieces)  # the model's views, [1, k, L]
+
+    def copies() -> list[torch.Tensor]:  # main's CycleScan._scan: along_length / channels_first
+        return [t.to(torch.float32, memory_format=torch.contiguous_format, copy=True) for t in (uv, dtv, Bv, Cv)]
+
+    u32, delta32, B32, C32 = copies()
+    no_prefetch = ScanConfig(steps=8, prefetch=False)
+
+    def copied() -> torch.Tensor:
+        uc, dtc, Bc, Cc = copies()
+        return cycle_scan(uc, dtc, A, Bc, Cc, D, bias, weights)
+
+    calls = (
+        lambda: cycle_scan(u32, delta32, A, B32, C32, D, bias, weights),
+        copied,
+        lambda: cycle_scan(uv, dtv, A, Bv, Cv, D, bias, weights),
+        lambda: triton_cycle.cycle_scan_triton(uv, dtv, A, Bv, Cv, D, bias, weights, True, config=no_prefetch),
+    )
+    with torch.no_grad():
+        want, got = calls[0](), calls[2]()
+        times = [cuda_graph_median_ms(call, iters=repeats) for call in calls]
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    return [name, length, *(f"{t:.3f}" for t in times), f"{times[0] / times[2]:.2f}x", f"{error:.1e}"]
+
+
 def encoder_rows(repeats: int) -> list[list[object]]:
     """hrsam_tiny's encoder at 1024, eager inference on the CPU, with the kernel and with the tiled scan."""
     encoder = build_model("hrsam_tiny").encoder.eval()
@@ -109,6 +157,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 7 CPU, 30 CUDA)")
     parser.add_argument("--encoder", action="store_true", help="CPU: also the hrsam_tiny encoder at 1024")
     parser.add_argument("--sweep", action="store_true", help="CUDA: the L-step kernels' launch configurations")
+    parser.add_argument(
+        "--layouts", action="store_true", help="CUDA: cycle_scan on contiguous float32 inputs vs the bf16 views"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -128,6 +179,11 @@ def main() -> int:
         sweep = [row for name, dim, length in cases for row in sweep_rows(name, dim, length, repeats)]
         header = ["sequence", "L", "configuration", "ms", "default / this", "max rel. diff to default"]
         text += "\n" + markdown_table(header, sweep) + "\n"
+    if args.layouts and args.device == "cuda":
+        layouts = [layout_rows(name, dim, length, repeats) for name, dim, length in cases]
+        header = ["sequence", "L", "fp32 contiguous ms", "bf16 -> fp32 copies + scan ms", "bf16 views ms",
+                  "bf16 views, no prefetch ms", "contiguous / views", "max rel. diff views vs contiguous"]  # fmt: skip
+        text += "\n" + markdown_table(header, layouts) + "\n"
     if args.out:
         write_report(args.out, text)
     else:

@@ -8,11 +8,16 @@ definition (one and several tiles, uneven dim / N / L, R = 1, 2, 3, softplus on 
 ``CycleScan`` module's eager CPU output through it equal to its tiled path (5e-6). When the model
 takes the kernel (``cycle_kernel_unsupported``), the errors ``cycle_scan`` raises, and that the
 export check reads the right flag inside real compile / export traces. The Triton kernels
-(``triton_cycle``) under Triton's interpreter (subprocess): float32 within 1e-6 of the definition
-on shapes with one and several chunks, bfloat16 within 2e-2, the same through the ``triton_op``
-AOTInductor exports trace (``hrsam::cycle_scan_triton``, 1e-6), the module through them equal to
-its tiled path (5e-6); which op an AOTInductor export reaches; and a real sm_90 compile of the
-two new kernels (the interpreter does not type-check Triton code). The interpreter cannot trace
+(``triton_cycle``) under Triton's interpreter (subprocess), y float32 token-major within 1e-6 of
+the definition: contiguous float32 inputs on shapes with one and several chunks; the model's
+layout, u, delta, B, C as transposed views of wider token-major bf16 tensors read in place, with L
+a multiple of neither the tile nor the chunk and dim not of the block, against the definition on
+the same bf16 values (with and without prefetching, 4 and 8 steps per tile); the same through the
+``triton_op`` AOTInductor exports trace (``hrsam::cycle_scan_triton``); the module through them
+(u, dt, B, C passed as views) equal to its tiled path, float32 (5e-6) and bf16 autocast (1e-2).
+Which op an AOTInductor export reaches; the fake's dtype and strides against the real output; a
+real sm_90 compile of the kernels (the interpreter does not type-check Triton code), the step
+kernels' PTX free of shuffles. The interpreter cannot trace
 a ``triton_op`` (torch.export hands its launches fake tensors), so the package's compile of the
 kernels is a GPU test's (``tests/test_aoti.py``).
 
@@ -42,23 +47,63 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     import types
 
     import torch
+    from hrsam.modeling import cycle_scan as cycle_scan_module
     from hrsam.modeling.cycle_scan import CycleScan
     from hrsam.ops.selective_scan import cycle, triton_cycle
     from hrsam.ops.selective_scan.cycle import cycle_scan_tiled
+    from hrsam.ops.selective_scan.triton_kernel import ScanConfig
     from tests.test_selective_scan import make_inputs
 
     def relative(got, want):
         return ((got.double() - want).abs().max() / want.abs().max()).item()
 
-    # (batch, dim, N, L): several chunks with uneven everything; batch 2; one chunk only
+    def token_major(got):
+        return got.dtype == torch.float32 and got.transpose(1, 2).is_contiguous()
+
+    # (a) contiguous float32 [batch, dim, L] (batch, dim, N, L): several chunks with uneven
+    # everything; batch 2; one chunk only.
     for case in [(1, 40, 7, 150), (2, 64, 32, 333), (1, 32, 16, 64)]:
         for repeats, softplus in [(1, True), (2, False), (3, True)]:
             inputs = make_inputs(*case, torch.float32, positive_dt=not softplus, seed=repeats)
             weights = torch.randn(case[1], repeats, generator=torch.Generator().manual_seed(repeats))
             want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), softplus)
-            error = relative(triton_cycle.cycle_scan_triton(*inputs, weights, softplus), want)
-            assert error < 1e-6, (case, repeats, softplus, error)
+            got = triton_cycle.cycle_scan_triton(*inputs, weights, softplus)
+            error = relative(got, want)
+            assert error < 1e-6 and token_major(got), (case, repeats, softplus, error)
             print(f"{case} R={repeats} softplus={softplus}: {error:.1e}")
+
+    # (b) the model's layout: u, delta, B, C as [batch, k, L] transposed views of wider token-major
+    # bf16 tensors (channel stride 1), read in place. L = 333 is a multiple of neither the tile
+    # (steps) nor the chunk length (64 here), dim = 40 not of BLOCK_D. The definition runs on the
+    # same bf16 values in float64, so only the kernel's float32 arithmetic differs.
+    batch, dim, dstate, length = 2, 40, 16, 333
+    u, delta, A, B, C, D, bias = make_inputs(batch, dim, dstate, length, torch.float32, seed=7)
+    xz = torch.randn(batch, length, 2 * dim + 3, dtype=torch.bfloat16)  # u = its first dim channels
+    ssm = torch.randn(batch, length, dim + 2 * dstate, dtype=torch.bfloat16)  # [dt, B, C]
+    xz[..., :dim] = u.transpose(1, 2)
+    ssm[..., :dim] = delta.transpose(1, 2)
+    ssm[..., dim : dim + dstate] = B.transpose(1, 2)
+    ssm[..., dim + dstate :] = C.transpose(1, 2)
+    views = (xz[..., :dim], ssm[..., :dim], ssm[..., dim : dim + dstate], ssm[..., dim + dstate :])
+    u, delta, B, C = (t.transpose(1, 2) for t in views)
+    assert u.stride(1) == 1 and delta.stride(1) == 1 and not u.is_contiguous()
+    weights = torch.randn(dim, 3, generator=torch.Generator().manual_seed(7))
+    want = cycle_scan_tiled(*[t.double() for t in (u, delta, A, B, C, D, bias)], weights.double(), True)
+    for config in [None, ScanConfig(steps=8, prefetch=False), ScanConfig(steps=4)]:
+        got = triton_cycle.cycle_scan_triton(u, delta, A, B, C, D, bias, weights, True, config=config)
+        error = relative(got, want)
+        assert error < 1e-6 and token_major(got), (config, error)
+        print(f"bfloat16 token-major views, {config}: {error:.1e}")
+    # float32 views of the same kind, one chunk shorter than a tile
+    u32, delta32 = (t.float().transpose(1, 2).contiguous().transpose(1, 2) for t in (u, delta))
+    B32, C32 = (t.float() for t in (B, C))
+    for cut in (5, length):
+        args = (u32[..., :cut], delta32[..., :cut], A, B32[..., :cut], C32[..., :cut], D, bias, weights, True)
+        want = cycle_scan_tiled(*[t.double() if torch.is_tensor(t) else t for t in args])
+        error = relative(triton_cycle.cycle_scan_triton(*args), want)
+        assert error < 1e-6, (cut, error)
+        print(f"float32 token-major views, L={cut}: {error:.1e}")
+
     # The triton_op an AOTInductor export traces (its launches through wrap_triton): same result.
     from hrsam.ops.selective_scan.inductor import triton_cycle_op
 
@@ -70,31 +115,33 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     assert torch.ops.hrsam.cycle_scan_triton.default is not None
     print(f"triton_op: {error:.1e}")
 
-    inputs = make_inputs(1, 40, 7, 150, torch.bfloat16, seed=5)
-    weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
-    want = cycle_scan_tiled(*[t.double() for t in inputs], weights.double(), True)
-    got = triton_cycle.cycle_scan_triton(*inputs, weights, True)
-    assert got.dtype == torch.bfloat16 and got.transpose(1, 2).is_contiguous()  # token-major y
-    error = relative(got, want)
-    assert error < 2e-2, error
-    print(f"bfloat16: {error:.1e}")
-
-    # The module: its kernel path (forced on, as on a GPU) against its tiled path.
+    # The module: its kernel path (forced on, as on a GPU, u, dt, B, C passed as views) against
+    # its tiled path, in float32 and in bf16 autocast (the projections' outputs bf16).
     torch.manual_seed(0)
     module = CycleScan(48, state_dim=8).eval()
     torch.nn.init.normal_(module.gamma, mean=1.0, std=0.5)
     x = torch.randn(2, 150, 48)
-    with torch.no_grad():
-        cycle._DISABLED = True
-        want = module(x)  # the tiled path
-        cycle._DISABLED = False
-        # CPU tensors reach the op's CPU branch: point it at the Triton launcher instead.
-        cycle.cpu_backend = types.SimpleNamespace(cycle_forward=triton_cycle.cycle_scan_triton)
-        cycle.cycle_kernel_unsupported = lambda *tensors: None
-        got = module(x)
-    error = ((got - want).abs().max() / want.abs().max()).item()
-    assert error < 5e-6, error
-    print(f"module: {error:.1e}")
+    # CPU tensors reach the op's CPU branch: point it at the Triton launcher instead.
+    cycle.cpu_backend = types.SimpleNamespace(cycle_forward=triton_cycle.cycle_scan_triton)
+    passed = []
+    scan = cycle.cycle_scan
+    cycle.cycle_scan = lambda *args, **kwargs: passed.append(args[:5]) or scan(*args, **kwargs)
+    cycle_scan_module.kernel_reads_views = lambda u: True
+    for autocast, tolerance in [(False, 5e-6), (True, 1e-2)]:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            unsupported = cycle.cycle_kernel_unsupported
+            cycle._DISABLED = True
+            want = module(x)  # the tiled path
+            cycle._DISABLED = False
+            cycle.cycle_kernel_unsupported = lambda *tensors: None
+            got = module(x)
+            cycle.cycle_kernel_unsupported = unsupported
+        error = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+        assert error < tolerance, (autocast, error)
+        u_in, dt_in, _, B_in, _ = passed.pop()
+        assert u_in.dtype == (torch.bfloat16 if autocast else torch.float32), u_in.dtype
+        assert u_in.stride(1) == 1 and dt_in.stride(1) == 1 and B_in.stride(1) == 1  # views, no copies
+        print(f"module, autocast={autocast}: {error:.1e}")
     print("cycle ok")
     """
 )
@@ -202,11 +249,16 @@ def test_cpu_kernel_against_the_definition() -> None:
     assert ((got - want).abs().max() / want.abs().max()).item() < 5e-6
 
 
-def test_the_op_returns_the_layout_its_fake_promises() -> None:
-    """torch.compile and AOTInductor trust the fake's strides (token-major y); ``opcheck`` compares
-    them with the CPU kernel's real output, among its other checks of the registration."""
-    inputs = make_inputs(1, 40, 7, 150, torch.float32, seed=1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_op_returns_the_layout_its_fake_promises(dtype: torch.dtype) -> None:
+    """torch.compile and AOTInductor trust the fake's dtype and strides (float32 token-major y, also
+    for 16-bit inputs); ``opcheck`` compares them with the CPU kernel's real output, among its other
+    checks of the registration."""
+    inputs = make_inputs(1, 40, 7, 150, dtype, seed=1)
     weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    if cpu_backend.unavailable_reason() is None:
+        y = torch.ops.hrsam.cycle_scan.default(*inputs, weights, True)
+        assert y.dtype == torch.float32 and y.transpose(1, 2).is_contiguous()
     results = torch.library.opcheck(torch.ops.hrsam.cycle_scan.default, (*inputs, weights, True))
     assert set(results.values()) == {"SUCCESS"}, results
 
@@ -219,8 +271,15 @@ def test_export_detection_inside_real_traces() -> None:
     assert not cycle._exporting()
 
 
-@pytest.mark.parametrize("kernel", ["_cycle_carry_kernel", "_cycle_output_kernel"])
-def test_offline_sm90_compile(kernel: str) -> None:
+@pytest.mark.parametrize(
+    ("kernel", "inputs"),
+    [("_cycle_carry_kernel", "*fp32"), ("_cycle_state_kernel", "*bf16"), ("_cycle_output_kernel", "*bf16"),
+     ("_cycle_state_kernel", "*fp32"), ("_cycle_output_kernel", "*fp32")],
+)  # fmt: skip
+def test_offline_sm90_compile(kernel: str, inputs: str) -> None:
+    """A real sm_90 compile (the interpreter does not type-check Triton code) with u and delta in the
+    given dtype; the step kernels' PTX has no shuffles: each step's u, delta and y stay in the lane
+    that holds the channel's states (the tile kernels shuffle ~140 times)."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
 
@@ -230,22 +289,23 @@ def test_offline_sm90_compile(kernel: str) -> None:
     if type(function).__name__ != "JITFunction":
         pytest.skip("the kernel is interpreted in this process (TRITON_INTERPRET is set)")
     if kernel == "_cycle_carry_kernel":
-        pointers = ["states_ptr", "dtsum_ptr", "A_ptr", "weights_ptr", "enter_ptr"]
-        integers = ["dim", "dstate", "n_chunks", "stride_wd", "stride_wk"]
         constants, warps = {"NC": 256, "BLOCK_ND": 16, "REPEATS": 3}, 4
     else:
-        pointers = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "out_ptr", "enter_ptr",
-                    "total_ptr"]
-        integers = ["dim", "seqlen", "dstate", "chunk_len", "n_chunks", "stride_an", "stride_bb", "stride_bt",
-                    "stride_bn", "stride_srow", "stride_sn", "stride_ob", "stride_od", "stride_ot"]  # fmt: skip
-        constants = {"BLOCK_D": 32, "BLOCK_N": 32, "STEPS": 8, "EVEN_D": True, "EVEN_N": True, "SOFTPLUS": True}
+        constants = {"BLOCK_D": 32, "BLOCK_N": 32, "STEPS": 8, "EVEN_D": True, "EVEN_N": True, "SOFTPLUS": True,
+                     "PREFETCH": True}  # fmt: skip
         warps = 1
-    signature = {name: "*fp32" for name in pointers} | {name: "i32" for name in integers}
-    signature |= {name: "constexpr" for name in constants}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    names = list(function.arg_names)
+    pointers = [name for name in names if name.endswith("_ptr")]
+    signature = {name: inputs if name in ("u_ptr", "delta_ptr") else "*fp32" for name in pointers}
+    signature |= {name: "constexpr" if name in constants else "i32" for name in names if name not in signature}
+    signature = {name: signature[name] for name in names}
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in pointers}
     source = triton.compiler.ASTSource(function, signature, constants, attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-    assert "ex2.approx" in compiled.asm["ptx"]
+    ptx = compiled.asm["ptx"]
+    assert "ex2.approx" in ptx
+    if kernel != "_cycle_carry_kernel":
+        assert "shfl" not in ptx
 
 
 @pytest.mark.gpu
@@ -296,4 +356,4 @@ def test_the_lowered_op_names_its_kernels_for_inductor() -> None:
     triton_cycle_op()
     kernels = library_triton.triton_ops_to_kernels["hrsam::cycle_scan_triton"]
     names = sorted(getattr(kernel, "fn", kernel).__name__ for kernel in kernels)
-    assert names == ["_chunk_state_kernel", "_cycle_carry_kernel", "_cycle_output_kernel"]
+    assert names == ["_cycle_carry_kernel", "_cycle_output_kernel", "_cycle_state_kernel"]

@@ -46,6 +46,12 @@ def inverse_softplus_dt(
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def kernel_reads_views(u: Tensor) -> bool:
+    """Whether ``hrsam::cycle_scan``'s kernel for u's device reads u, dt, B and C as strided views in
+    their own dtype (the Triton kernels, CUDA); the CPU C kernel wants contiguous float32 copies."""
+    return u.is_cuda
+
+
 class CycleScan(nn.Module):
     """x [batch, L, dim] -> x + out_proj(z * out_norm(scan(x))), same shape and dtype.
 
@@ -118,19 +124,23 @@ class CycleScan(nn.Module):
             return t.transpose(1, 2).to(dtype)
 
         def along_length(t: Tensor) -> Tensor:  # [batch, Ls, dim] -> [batch, dim, Ls], laid out along Ls
-            # The kernels read u and delta along L and copy anything else first; transposing while
-            # casting is one pass (fused into u's and dt's producers under Inductor) instead of the
-            # cast here and the kernel launcher's copy. B and C (N wide, 1/24 of dim for ViT-B) stay
-            # views: the launchers gather them into [batch, Ls, N] float32 themselves. copy=True: a
+            # The C kernel reads contiguous float32 inputs and copies anything else first; transposing
+            # while casting is one pass instead of the cast here and the kernel's copy. copy=True: a
             # same-dtype ``to`` would return the transposed view (3-D tensors have no memory format).
             return t.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format, copy=True)
 
         if not self.portable and cycle.cycle_kernel_unsupported(u, dt, B, C, A, D, dt_bias, gamma) is None:
-            # Same function, L steps instead of repeats * L (hrsam.ops.selective_scan.cycle).
-            y = cycle.cycle_scan(
-                along_length(u), along_length(dt), A, channels_first(B), channels_first(C), D, dt_bias,
-                gamma[:, :, 0], delta_softplus=True,
-            )  # fmt: skip
+            # Same function, L steps instead of repeats * L (hrsam.ops.selective_scan.cycle). y comes
+            # back float32 and token-major, so y.transpose(1, 2) is [batch, Ls, dim] contiguous.
+            if kernel_reads_views(u):
+                # The Triton kernels read u and dt through their strides in their own dtype (bf16
+                # under autocast): the projections' outputs are passed as [batch, dim, Ls] views, no
+                # copy. B and C (N wide, 1/24 of dim for ViT-B) too: the launcher gathers them into
+                # [batch, Ls, N] float32 itself. All four share u's dtype, as the op requires.
+                u_in, dt_in, B_in, C_in = (t.transpose(1, 2) for t in (u, dt, B, C))
+            else:
+                u_in, dt_in, B_in, C_in = along_length(u), along_length(dt), channels_first(B), channels_first(C)
+            y = cycle.cycle_scan(u_in, dt_in, A, B_in, C_in, D, dt_bias, gamma[:, :, 0], delta_softplus=True)
             return y.transpose(1, 2)
 
         def tiled(t: Tensor) -> Tensor:  # [batch, Ls, k] -> [batch, k, repeats * Ls], copy-major

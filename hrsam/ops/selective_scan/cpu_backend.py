@@ -248,8 +248,8 @@ def cycle_forward(
     weights: Tensor,
     delta_softplus: bool,
 ) -> Tensor:
-    """The Cycle-scan's weighted scan (``hrsam.ops.selective_scan.cycle``), y [batch, dim, L] in u's dtype,
-    stored token-major as ``hrsam::cycle_scan`` returns it.
+    """The Cycle-scan's weighted scan (``hrsam.ops.selective_scan.cycle``), y [batch, dim, L] float32
+    (whatever u's dtype), stored token-major as ``hrsam::cycle_scan`` returns it.
 
     Two passes over L instead of one over R L (``cpu_scan.c``, ``cycle_block``).
     """
@@ -260,17 +260,18 @@ def cycle_forward(
 
 
 def _call(entry: Callable[..., int], inputs: tuple[Tensor, ...], *scalars: int, token_major: bool = False) -> Tensor:
-    """Run a C entry point on contiguous float32 copies of ``inputs`` (u first) into a new y; u's dtype back.
+    """Run a C entry point on contiguous float32 copies of ``inputs`` (u first) into a new y.
 
     The C signatures are (input pointers..., y, scalars..., threads); returns 0 or 1 (out of memory).
-    token_major: the entry writes y token-major (``reference.token_major_empty``), else laid out as u.
+    token_major: the entry writes y token-major (``reference.token_major_empty``) and y stays float32,
+    as ``hrsam::cycle_scan`` returns it; else y is laid out as u and converted to u's dtype.
     """
     u = inputs[0]
     args = [t.to(torch.float32).contiguous() for t in inputs]
     y = token_major_empty(args[0]) if token_major else torch.empty(u.shape, dtype=torch.float32)
     if entry(*(t.data_ptr() for t in (*args, y)), *scalars, torch.get_num_threads()) != 0:
         raise MemoryError(f"hrsam::{OP}: the CPU kernel could not allocate its per-thread workspace")
-    return y.to(u.dtype)
+    return y if token_major else y.to(u.dtype)
 
 
 def _loaded_kernels() -> Kernels:

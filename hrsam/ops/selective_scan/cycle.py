@@ -4,7 +4,8 @@ Definition (``cycle_scan_tiled``): tile u, delta, B, C R times along the sequenc
 selective scan once over R L steps, and return y = sum_k weights[:, k] * y_k, y_k the output on
 copy k (positions k L + t), [batch, dim, L]. That is what ``hrsam.modeling.cycle_scan.CycleScan``
 computes with gamma as the weights, and what its exported graphs keep (one ``SelectiveScan`` node
-over R L steps).
+over R L steps). The op returns y in the state dtype (float32, also for 16-bit inputs) stored
+token-major (``reference.token_major_empty``).
 
 Why L steps suffice. Every copy sees the same inputs, so within a step all copies' states follow
 the same affine map h -> a_t h + b_t (a_t = exp(A dt_t), b_t = B_t dt_t u_t); they differ only in
@@ -21,14 +22,15 @@ scan by rounding (tests/test_cycle_scan_kernel.py).
 Kernels: on the CPU, the C kernel's ``cycle_block`` (``cpu_scan.c``): one pass over L for h_L and
 P_L (no outputs), one for y: two passes over L instead of one over R L, 2.0-2.7x faster than the
 tiled scan on the development CPU (docs/BENCHMARKS.md). On CUDA, ``triton_cycle``: the chunked
-Triton passes over L, a third of the tiled scan's exponentials. ``cycle_kernel_unsupported`` says
-when the model takes a kernel: CUDA tensors with Triton (in torch.compile traces too: the op is
-opaque to Inductor; in an AOTInductor export through ``hrsam::cycle_scan_triton``, the kernels'
-``triton_op`` that the package compiles in), or CPU tensors outside torch.compile traces with the
-C kernel built; no gradient needed (they have no backward), no ONNX or torch.export trace (those
-keep the contract's tiled form, as CPU packages do), and no other scan backend forced in eager
-code (``use_backend`` / ``HRSAM_SELECTIVE_SCAN_BACKEND``);
-``HRSAM_CYCLE_SCAN_KERNEL=0`` in the environment turns it off.
+Triton passes over L, a third of the tiled scan's exponentials, reading u and delta in place
+(any strides, 16-bit dtypes: the model passes its projections' token-major views).
+``cycle_kernel_unsupported`` says when the model takes a kernel: CUDA tensors with Triton (in
+torch.compile traces too: the op is opaque to Inductor; in an AOTInductor export through
+``hrsam::cycle_scan_triton``, the kernels' ``triton_op`` that the package compiles in), or CPU
+tensors outside torch.compile traces with the C kernel built; no gradient needed (they have no
+backward), no ONNX or torch.export trace (those keep the contract's tiled form, as CPU packages
+do), and no other scan backend forced in eager code (``use_backend`` /
+``HRSAM_SELECTIVE_SCAN_BACKEND``); ``HRSAM_CYCLE_SCAN_KERNEL=0`` in the environment turns it off.
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ def cycle_scan_op(
     weights: Tensor,
     delta_softplus: bool,
 ) -> Tensor:
-    """The registered operator (opaque to Inductor, like ``hrsam::selective_scan``); call ``cycle_scan``."""
+    """The registered operator (opaque to Inductor, like ``hrsam::selective_scan``); call ``cycle_scan``.
+
+    Both kernels return float32 token-major y (``token_major_empty``), which the fake promises."""
     if not u.is_cuda:
         return cpu_backend.cycle_forward(u, delta, A, B, C, D, delta_bias, weights, delta_softplus)
     if _KERNELS is None:
@@ -182,11 +186,13 @@ def cycle_scan(
     weights: Tensor,
     delta_softplus: bool = True,
 ) -> Tensor:
-    """y [batch, dim, L] = ``cycle_scan_tiled``'s result through the L-step kernel, stored token-major
-    (the transpose of a contiguous [batch, L, dim]: ``reference.token_major_empty`` says why).
+    """y [batch, dim, L] = ``cycle_scan_tiled``'s result through the L-step kernel, in the state dtype
+    (float32 whatever u's dtype) and stored token-major (the transpose of a contiguous [batch, L, dim]:
+    ``reference.token_major_empty`` says why).
 
-    Inputs as ``selective_scan``'s (untiled: u, delta [batch, dim, L], B, C [batch, N, L]) plus
-    weights [dim, R] in the state dtype. Raises ValueError naming the problem for bad inputs or
+    Inputs as ``selective_scan``'s (untiled: u, delta [batch, dim, L], B, C [batch, N, L]; any
+    strides: the CUDA kernels read u and delta through theirs) plus weights [dim, R] in the state
+    dtype. Raises ValueError naming the problem for bad inputs or
     where the kernel cannot run (``cycle_kernel_unsupported``).
     """
     _validate(u, delta, A, B, C, D, delta_bias)

@@ -71,8 +71,9 @@ def triton_cycle_op() -> torch._library.custom_ops.CustomOpDef:
         weights: Tensor,
         delta_softplus: bool,
     ) -> Tensor:
-        # DEFAULT_CONFIG for every dtype, as the tiled op above (no register cap to forward); the
-        # model hands float32 u and delta (CycleScan._scan), which is what it is tuned for.
+        # DEFAULT_CONFIG for every dtype, as the launcher's own default: its step kernels load one
+        # step's u and delta per lane in any dtype (the model hands its projections' bf16 views,
+        # CycleScan._scan), so the 16-bit tile config and its register cap do not apply.
         return cycle_scan_triton(
             u, delta, A, B, C, D, delta_bias, weights, delta_softplus, config=DEFAULT_CONFIG, wrap_triton=wrap_triton
         )

@@ -30,12 +30,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def token_major_empty(u: torch.Tensor) -> torch.Tensor:
-    """An uninitialised y like u ([batch, dim, L], u's dtype) stored token-major: the transpose of a
-    contiguous [batch, L, dim], the layout ``hrsam::cycle_scan`` returns. Its consumer, the
-    Cycle-scan's LayerNorm over channels, then reads rows; over the channel-major y it was a strided
-    reduction that Inductor loops over (docs/BENCHMARKS.md)."""
+    """An uninitialised y of u's shape [batch, dim, L] in the state dtype (``compute_dtype``: float32
+    for 16-bit u too) stored token-major: the transpose of a contiguous [batch, L, dim], what
+    ``hrsam::cycle_scan`` returns. Its consumer, the Cycle-scan's LayerNorm over channels, then reads
+    rows; over the channel-major y it was a strided reduction that Inductor loops over
+    (docs/BENCHMARKS.md). The kernels write their float32 results directly: a 16-bit y would only be
+    converted back by that LayerNorm, which runs in float32."""
     batch, dim, length = u.shape
-    return torch.empty(batch, length, dim, dtype=u.dtype, device=u.device).transpose(1, 2)
+    return torch.empty(batch, length, dim, dtype=compute_dtype(u.dtype), device=u.device).transpose(1, 2)
 
 
 def _discretise(

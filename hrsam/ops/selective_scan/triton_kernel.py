@@ -51,7 +51,9 @@ class ScanConfig:
     more means smaller chunks (finer balance, more pass-1/pass-2 overhead);
     steps: time steps loaded per iteration, a power of two; None means one 16-byte vector of
     input per channel (4 for float32, 8 for 16-bit dtypes);
-    maxnreg: register cap per thread passed to the compiler (None: the compiler's choice).
+    maxnreg: register cap per thread passed to the compiler (None: the compiler's choice);
+    prefetch: the Cycle-scan's step kernels only (``triton_cycle._cycle_steps``): load step t + 1's
+    operands before computing step t.
     """
 
     block_d: int = 32
@@ -59,6 +61,7 @@ class ScanConfig:
     warps_per_sm: int = 48
     steps: int | None = None
     maxnreg: int | None = None
+    prefetch: bool = True
 
 
 # Best of the sweeps in docs/BENCHMARKS.md (H200, triton 3.6, dim 768, N 32, batch 1): one-warp
@@ -111,12 +114,9 @@ def _scan_tile(
     C_ptr,
     out_ptr,
     ud_row,
-    out_row,
-    stride_ot,
     bc_base,
     bias,
     Dv,
-    scale,
     offs_n,
     mask_d,
     mask_n,
@@ -127,7 +127,6 @@ def _scan_tile(
     MASK_T: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     OUTPUT: tl.constexpr,
-    SCALE_U: tl.constexpr,
 ):
     """Advance the [BLOCK_N, BLOCK_D] state by STEPS steps starting at t0.
 
@@ -135,10 +134,6 @@ def _scan_tile(
     out with a compile-time mask that folds to a register choice. Steps past ``seqlen``
     (MASK_T, last tile only) get dt = 0 and B = 0, which leaves h and dt_sum unchanged.
     mask_d / mask_n are all-true constants for even shapes, which Triton folds away.
-    SCALE_U: the input is ``scale * u`` per channel (the Cycle-scan's output pass), so no scaled
-    copy of u is written first; without it ``scale`` is not read.
-    y goes to ``out_row`` (per channel) + t * ``stride_ot``: u's layout for the plain scan, token-major
-    for the Cycle-scan (``triton_cycle``).
     """
     offs_t = tl.arange(0, STEPS)
     t = t0 + offs_t
@@ -149,8 +144,6 @@ def _scan_tile(
         mask_t = offs_t < STEPS
     mask_tile = mask_d[:, None] & mask_t[None, :]
     u = tl.load(u_ptr + tile, mask=mask_tile, other=0.0).to(tl.float32)
-    if SCALE_U:
-        u = u * scale[:, None]
     dt = tl.load(delta_ptr + tile, mask=mask_tile, other=0.0).to(tl.float32) + bias[:, None]
     if SOFTPLUS:
         dt = _softplus(dt)
@@ -175,8 +168,7 @@ def _scan_tile(
             y_i = tl.sum(h * C_i[:, None], axis=0)
             y = tl.where(pick, y + y_i[:, None], y)
     if OUTPUT:
-        out_tile = out_row[:, None] + t[None, :] * stride_ot
-        tl.store(out_ptr + out_tile, y.to(out_ptr.dtype.element_ty), mask=mask_tile)
+        tl.store(out_ptr + tile, y.to(out_ptr.dtype.element_ty), mask=mask_tile)
     return h, dt_sum
 
 
@@ -194,7 +186,6 @@ def _scan_chunk(
     D_ptr,
     bias_ptr,
     out_ptr,
-    scale_ptr,
     dim,
     seqlen,
     dstate,
@@ -203,24 +194,14 @@ def _scan_chunk(
     stride_bb,
     stride_bt,
     stride_bn,
-    stride_ob,
-    stride_od,
-    stride_ot,
     BLOCK_N: tl.constexpr,
     STEPS: tl.constexpr,
     EVEN_D: tl.constexpr,
     EVEN_N: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     OUTPUT: tl.constexpr,
-    SCALE_U: tl.constexpr,
-    Y_STRIDED: tl.constexpr,
 ):
-    """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``.
-
-    SCALE_U: scan ``scale * u`` (``scale_ptr``: [dim] float32); without it ``scale_ptr`` is not read.
-    Y_STRIDED: y has the strides stride_ob / stride_od / stride_ot (batch, channel, step); without it
-    y is laid out as u and delta, [batch, dim, L] contiguous, and the strides are not read.
-    """
+    """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``."""
     offs_n = tl.arange(0, BLOCK_N)
     # Masks known true at compile time fold away, so even shapes pay for none.
     if EVEN_D:
@@ -240,16 +221,7 @@ def _scan_chunk(
     A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    if SCALE_U:
-        scale = tl.load(scale_ptr + offs_d, mask=mask_d, other=0.0)
-    else:
-        scale = Dv  # not read
     ud_row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
-    if Y_STRIDED:
-        out_row = pid_b * stride_ob + offs_d.to(tl.int64) * stride_od
-    else:
-        out_row = ud_row
-        stride_ot = 1
     bc_base = pid_b * stride_bb
     dt_sum = tl.zeros_like(Dv)
     start = pid_c * chunk_len
@@ -257,15 +229,15 @@ def _scan_chunk(
     full_stop = start + ((stop - start) // STEPS) * STEPS
     for t0 in range(start, full_stop, STEPS):
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base, bias,
-            Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
-            STEPS, False, SOFTPLUS, OUTPUT, SCALE_U,
+            h, dt_sum, A2, t0, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias, Dv,
+            offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
+            STEPS, False, SOFTPLUS, OUTPUT,
         )
     if full_stop < stop:
         h, dt_sum = _scan_tile(
-            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, out_row, stride_ot, bc_base,
-            bias, Dv, scale, offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
-            STEPS, True, SOFTPLUS, OUTPUT, SCALE_U,
+            h, dt_sum, A2, full_stop, u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr, ud_row, bc_base, bias, Dv,
+            offs_n, mask_d, mask_n, seqlen, stride_bt, stride_bn,
+            STEPS, True, SOFTPLUS, OUTPUT,
         )
     return h, dt_sum
 
@@ -285,9 +257,9 @@ def _chunk_state_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     h, dt_sum = _scan_chunk(
-        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, B_ptr, D_ptr, bias_ptr, u_ptr, D_ptr,
-        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn, 0, 0, 0,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False, False, False,
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, B_ptr, D_ptr, bias_ptr, u_ptr,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, False,
     )
     row = pid_b * n_prefix + pid_c
     mask_d = offs_d < dim
@@ -357,9 +329,9 @@ def _chunk_output_kernel(
         state_ptrs = states_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
         h = tl.load(state_ptrs, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :], other=0.0)
     _scan_chunk(
-        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, D_ptr,
-        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn, 0, 0, 0,
-        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True, False, False,
+        h, pid_c, pid_b, offs_d, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr,
+        dim, seqlen, dstate, chunk_len, stride_an, stride_bb, stride_bt, stride_bn,
+        BLOCK_N, STEPS, EVEN_D, EVEN_N, SOFTPLUS, True,
     )
 
 
@@ -398,7 +370,7 @@ class ChunkLaunch:
     """What a forward launcher hands the chunk kernels: operands in the kernels' layouts, grid, flags.
 
     Shared by ``selective_scan_triton`` and the Cycle-scan's ``cycle_scan_triton``, whose passes
-    are the same chunk kernels.
+    plan their chunks, B, C and A the same way (its kernels read u and delta in place: ``in_place``).
     """
 
     u: torch.Tensor
@@ -428,8 +400,14 @@ def prepare_chunk_launch(
     delta_bias: torch.Tensor,
     delta_softplus: bool,
     config: ScanConfig | None,
+    in_place: bool = False,
 ) -> ChunkLaunch:
-    """Layouts, chunk plan and compile-time flags of a forward scan; config None picks the dtype's default."""
+    """Layouts, chunk plan and compile-time flags of a forward scan; config None picks the dtype's default.
+
+    in_place: hand u and delta over as they are (any strides, their own dtype), for kernels that
+    read them through their strides (``triton_cycle``); otherwise [batch, dim, L] contiguous, as
+    the tile kernels here need.
+    """
     if config is None:
         config = DEFAULT_CONFIG if u.dtype == torch.float32 else DEFAULT_CONFIG_16BIT
     batch, dim, seqlen = u.shape
@@ -448,8 +426,10 @@ def prepare_chunk_launch(
     )  # fmt: skip
     if config.maxnreg is not None and u.is_cuda:
         flags["maxnreg"] = config.maxnreg
+    if not in_place:
+        u, delta = u.contiguous(), delta.contiguous()
     return ChunkLaunch(
-        u.contiguous(), delta.contiguous(),
+        u, delta,
         A.float().t().contiguous(),  # [N, dim]: see _scan_chunk for why
         B_t, C_t, D.float().contiguous(), delta_bias.float().contiguous(),
         chunk_len, n_chunks, triton.cdiv(dim, config.block_d), flags,
