@@ -18,8 +18,10 @@ delta are [BLOCK_D] vectors read through their own strides, one channel per lane
 holds that channel's N states. So u and delta are read in place in any layout and dtype (the
 model passes its projections' token-major bf16 outputs as transposed views: no transposing or
 converting copies), and no step is picked out of a loaded tile with cross-lane work as in
-``triton_kernel``'s tile kernels. y is float32 (the state dtype) and stored token-major
-(``reference.token_major_empty``).
+``triton_kernel``'s tile kernels. Fast only on channel-contiguous inputs like those views: on a
+contiguous [batch, dim, L] the lanes of one step are L elements apart, and the passes measured
+1.4-1.5x slower than the tile kernels on the H200 (docs/BENCHMARKS.md). y is float32 (the state
+dtype) and stored token-major (``reference.token_major_empty``).
 
 So the R L exponentials of each scanning pass become L (they are the scan's cost,
 docs/BENCHMARKS.md). The state stays float32. Forward only: training graphs take the tiled scan,
