@@ -43,6 +43,7 @@ from hrsam.ops.selective_scan.triton_kernel import (
     DEFAULT_CONFIG,
     ScanConfig,
     _direct,
+    _program_operands,
     _scan_chunk_summaries,
     _softplus,
     prepare_chunk_launch,
@@ -233,31 +234,6 @@ def _cycle_steps(
     return h, dt_sum
 
 
-@triton.jit
-def _cycle_operands(A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-                    EVEN_N: tl.constexpr):  # fmt: skip
-    """(offs_n, mask_n, mask_d, A2 = log2(e) A as [BLOCK_N, BLOCK_D], delta bias [BLOCK_D]) of a program.
-
-    A arrives transposed, [N, dim], with a runtime (unspecialised) row stride: as in
-    ``triton_kernel._scan_chunk``, that keeps the state one channel per lane with all N states in
-    that lane's registers, so the read-out sum_n C h needs no shuffles. Masks known true at compile
-    time (even shapes) fold away.
-    """
-    offs_n = tl.arange(0, BLOCK_N)
-    if EVEN_D:
-        mask_d = offs_d >= 0
-    else:
-        mask_d = offs_d < dim
-    if EVEN_N:
-        mask_n = offs_n < BLOCK_N
-    else:
-        mask_n = offs_n < dstate
-    a_ptrs = A_ptr + offs_n[:, None] * stride_an + offs_d[None, :]
-    A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    return offs_n, mask_n, mask_d, A2, bias
-
-
 # The channel strides of u, delta and y are runtime values (not specialised), as A's row stride:
 # known to be 1 (the token-major views), they would let Triton give a lane several contiguous
 # channels of the [BLOCK_D] vectors, which the per-lane state would then be converted to, step by
@@ -277,7 +253,7 @@ def _cycle_state_kernel(
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_n, mask_n, mask_d, A2, bias = _cycle_operands(
+    offs_n, mask_n, mask_d, A2, bias = _program_operands(
         A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
     )
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -311,7 +287,7 @@ def _cycle_output_kernel(
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_n, mask_n, mask_d, A2, bias = _cycle_operands(
+    offs_n, mask_n, mask_d, A2, bias = _program_operands(
         A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
     )
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)

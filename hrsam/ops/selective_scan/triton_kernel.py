@@ -173,6 +173,34 @@ def _scan_tile(
 
 
 @triton.jit
+def _program_operands(A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                      EVEN_N: tl.constexpr):  # fmt: skip
+    """(offs_n, mask_n, mask_d, A2 = log2(e) A as [BLOCK_N, BLOCK_D], delta bias [BLOCK_D]) of a
+    scanning program (this module's chunk kernels and ``triton_cycle``'s step kernels).
+
+    A arrives transposed, [N, dim]: d is the contiguous axis, and the row stride is a runtime
+    value (not specialised) so Triton cannot prove 16-byte alignment. Both facts together make
+    every Triton version lay the state out one channel per lane with all N states in that
+    lane's registers (no vector width along d, no lanes along N), so the read-out
+    y = sum_n C h is a per-thread sum with no shuffles. Masks known true at compile time (even
+    shapes) fold away, so even shapes pay for none.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    if EVEN_D:
+        mask_d = offs_d >= 0
+    else:
+        mask_d = offs_d < dim
+    if EVEN_N:
+        mask_n = offs_n < BLOCK_N
+    else:
+        mask_n = offs_n < dstate
+    a_ptrs = A_ptr + offs_n[:, None] * stride_an + offs_d[None, :]
+    A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    return offs_n, mask_n, mask_d, A2, bias
+
+
+@triton.jit
 def _scan_chunk(
     h,
     pid_c,
@@ -202,25 +230,10 @@ def _scan_chunk(
     OUTPUT: tl.constexpr,
 ):
     """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``."""
-    offs_n = tl.arange(0, BLOCK_N)
-    # Masks known true at compile time fold away, so even shapes pay for none.
-    if EVEN_D:
-        mask_d = offs_d >= 0
-    else:
-        mask_d = offs_d < dim
-    if EVEN_N:
-        mask_n = offs_n < BLOCK_N
-    else:
-        mask_n = offs_n < dstate
-    # A arrives transposed, [N, dim]: d is the contiguous axis, and the row stride is a runtime
-    # value (not specialised) so Triton cannot prove 16-byte alignment. Both facts together make
-    # every Triton version lay the state out one channel per lane with all N states in that
-    # lane's registers (no vector width along d, no lanes along N), so the read-out
-    # y = sum_n C h is a per-thread sum with no shuffles.
-    a_ptrs = A_ptr + offs_n[:, None] * stride_an + offs_d[None, :]
-    A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
+    offs_n, mask_n, mask_d, A2, bias = _program_operands(
+        A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
+    )
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     ud_row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
     bc_base = pid_b * stride_bb
     dt_sum = tl.zeros_like(Dv)
