@@ -90,16 +90,22 @@ def _cycle_carry_kernel(
 
 
 @triton.jit
+def _before_stop(mask, t, stop):
+    """``mask`` & (t < stop), the comparison made per element: a scalar comparison combined with a
+    vector mask comes out int32 under Triton's interpreter (the tests' way of running these kernels
+    without a GPU)."""
+    return mask & (mask.to(tl.int32) * 0 + t < stop)
+
+
+@triton.jit
 def _cycle_load(u_t, delta_t, b_t, c_t, t, stop, offs_n, mask_n, mask_d, MASKED: tl.constexpr, OUTPUT: tl.constexpr):
     """Step t's operands at the given pointers: u, delta [BLOCK_D] (their dtype), B_t, C_t [BLOCK_N].
 
-    MASKED: nothing is read at or past ``stop`` (u = delta = B = C = 0). The masks are built as
-    vectors: a scalar comparison combined with a vector mask comes out int32 under Triton's
-    interpreter (the tests' way of running these kernels without a GPU).
+    MASKED: nothing is read at or past ``stop`` (u = delta = B = C = 0).
     """
     if MASKED:
-        mask = mask_d & (mask_d.to(tl.int32) * 0 + t < stop)
-        mask_bc = mask_n & (offs_n * 0 + t < stop)
+        mask = _before_stop(mask_d, t, stop)
+        mask_bc = _before_stop(mask_n, t, stop)
     else:
         mask = mask_d
         mask_bc = mask_n
@@ -128,7 +134,7 @@ def _cycle_update(
     if SOFTPLUS:
         dt = _softplus(dt)
     if MASKED:
-        live = mask_d & (mask_d.to(tl.int32) * 0 + t < stop)
+        live = _before_stop(mask_d, t, stop)
         dt = tl.where(live, dt, 0.0)
     else:
         live = mask_d
