@@ -38,6 +38,7 @@ from hrsam.ops import use_backend
 from hrsam.ops.lowering import aot_lowering
 from hrsam.ops.selective_scan import cpu_backend, cycle
 from hrsam.ops.selective_scan.cycle import cycle_kernel_unsupported, cycle_scan, cycle_scan_tiled
+from hrsam.ops.selective_scan.inductor import dense_in_stride_order
 from tests.fresh_python import run_python
 from tests.test_compiled import traced_values
 from tests.test_selective_scan import make_inputs
@@ -208,6 +209,23 @@ def test_an_aoti_export_traces_the_kernels_triton_op() -> None:
         cycle_scan(*inputs, weights)
     assert calls == ["lowered", "opaque"]
     assert lowered.call_args.args[-2] is weights and lowered.call_args.args[-1] is True
+
+
+def test_the_packaged_kernels_get_dense_inputs() -> None:
+    """What the ``triton_op`` hands its launches: u and delta dense in their own stride order.
+
+    A package bakes the traced strides into the launches and Inductor keeps only a stride order
+    for a user kernel's input, so a strided view (the model's u: half of the in-projection's rows)
+    could reach the kernel re-laid out; the H200's first package of the per-step kernels read out of
+    bounds that way. Dense tensors have one set of strides per order.
+    """
+    xz = torch.randn(2, 20, 16)
+    u = xz[:, :, :8].transpose(1, 2)  # [batch, dim, L], channel stride 1, token stride 16
+    dense = dense_in_stride_order(u)
+    assert torch.equal(dense, u) and dense.stride() == (160, 1, 8)
+    token_major = torch.randn(2, 20, 8).transpose(1, 2)
+    channel_major = torch.randn(2, 8, 20)
+    assert dense_in_stride_order(token_major) is token_major and dense_in_stride_order(channel_major) is channel_major
 
 
 def test_cycle_scan_names_bad_inputs() -> None:

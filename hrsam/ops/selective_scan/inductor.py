@@ -74,11 +74,33 @@ def triton_cycle_op() -> torch._library.custom_ops.CustomOpDef:
         # DEFAULT_CONFIG for every dtype, as the launcher's own default: its step kernels load one
         # step's u and delta per lane in any dtype (the model hands its projections' bf16 views,
         # CycleScan._scan), so the 16-bit tile config and its register cap do not apply.
+        u, delta = dense_in_stride_order(u), dense_in_stride_order(delta)
         return cycle_scan_triton(
             u, delta, A, B, C, D, delta_bias, weights, delta_softplus, config=DEFAULT_CONFIG, wrap_triton=wrap_triton
         )
 
     return scan
+
+
+def dense_in_stride_order(t: Tensor) -> Tensor:
+    """``t``, or a copy of it whose strides are dense in ``t``'s own stride order (same shape, values).
+
+    Why: a launch traced through ``wrap_triton`` bakes the strides its fake inputs had into the
+    package as integers, while Inductor guarantees a user kernel's input only its stride order
+    (torch 2.11's AOTInductor; exact strides only where the node records its eager inputs). A
+    strided view such as the model's u, the first half of the in-projection's [batch, L, 2 dim]
+    output seen as [batch, dim, L], may reach the kernel as a fresh buffer of the same order and
+    other strides, and the kernel then reads out of bounds: the H200's package of the per-step
+    kernels did (an illegal memory access, docs/BENCHMARKS.md). A dense tensor has one set of
+    strides per order, so this copy (which Inductor fuses into the producer, or makes where it
+    would have made one anyway) keeps the baked strides true. Token-major views stay token-major.
+    """
+    order = sorted(range(t.dim()), key=lambda i: t.stride(i), reverse=True)  # outermost first
+    permuted = t.permute(order)
+    if permuted.is_contiguous():
+        return t
+    inverse = sorted(range(t.dim()), key=order.__getitem__)
+    return permuted.contiguous().permute(inverse)
 
 
 def _triton_importable() -> bool:
