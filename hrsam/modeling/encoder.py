@@ -36,6 +36,7 @@ from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention
 from hrsam.modeling.gelu_epilogue import linear_gelu, wants_epilogue
 from hrsam.modeling.neck import Neck
 from hrsam.modeling.window_plan import window_plan
+from hrsam.ops.add_norm import add_layer_norm
 
 Grid = tuple[int, int]
 # Sizes whose layouts stay cached; the pair for a 2048 input holds ~40 MB of indices and RoPE tables.
@@ -67,8 +68,10 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, layout: AttentionLayout) -> Tensor:
-        x = x + self.attn(self.norm1(x), layout)
-        return x + self.mlp(self.norm2(x))
+        # x + attn(norm1(x)) and norm2 of it in one call: the attention's rows come in window order
+        # and the gather restoring raster order fuses into the add and the norm (hrsam.ops.add_norm).
+        x, hidden = add_layer_norm(x, *self.attn.window_rows(self.norm1(x), layout), self.norm2)
+        return x + self.mlp(hidden)
 
 
 class HRSAMEncoder(nn.Module):
