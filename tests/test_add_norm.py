@@ -178,6 +178,39 @@ def test_only_engines_trace_the_kernel(engine: bool) -> None:
     assert ("aten.index_select" in after_attention) is not engine, code
 
 
+def _encoder_trace(name: str) -> str:
+    """Code of a tiny encoder at 128 x 128 traced on fake bf16 tensors inside ``engine_kernels()``."""
+    from hrsam.modeling.configs import get_config
+    from hrsam.modeling.encoder import HRSAMEncoder
+
+    torch.manual_seed(0)
+    encoder = HRSAMEncoder(get_config(name).encoder).eval().bfloat16()
+    encoder.prepare(128, 128)
+    params = dict(encoder.named_parameters())
+
+    def call(params: dict, images: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(encoder, params, (images,))
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        images = torch.empty(1, 3, 128, 128, dtype=torch.bfloat16)
+        with engine_kernels(), torch.no_grad():
+            return make_fx(call, tracing_mode="fake")(params, images).code
+
+
+@pytest.mark.parametrize(("name", "kernels"), [("hrsam_tiny", 23), ("hrsampp_tiny", 24)])
+def test_every_residual_add_before_a_norm_is_one_kernel(name: str, kernels: int) -> None:
+    """12 blocks: each block's norm2, and each block output with the norm that reads it next (the next
+    block's norm1, a stage's Cycle-scan's in_norm, HRSAM++'s multi-scale scan's); only HRSAM's last
+    block output has none (it goes to the neck). The remaining LayerNorms: the first block's norm1,
+    the Cycle-scans' in_norm after their own residual add and out_norm, HRSAM++'s fusion norms."""
+    pytest.importorskip("triton")
+    op = add_norm_module.triton_add_layer_norm_op()
+    with mock.patch.multiple(add_norm_module, _OP=op, kernel_unsupported=lambda x: None):
+        with mock.patch("hrsam.ops.varlen_attention._check_offsets"):
+            code = _encoder_trace(name)
+    assert code.count("hrsam.add_layer_norm_triton") == kernels, code.count("hrsam.add_layer_norm_triton")
+
+
 _INTERPRETER_SCRIPT = textwrap.dedent(
     """
     import torch
@@ -235,6 +268,22 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     error = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
     assert error < 2e-2, error
     print(f"block ok {error:.1e}")
+
+    # HRSAM++'s tiny encoder, every residual add + norm through the kernel, against its eager path.
+    from hrsam.modeling.configs import get_config
+    from hrsam.modeling.encoder import HRSAMEncoder
+
+    torch.manual_seed(0)
+    encoder = HRSAMEncoder(get_config("hrsampp_tiny").encoder).eval()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with engine_kernels():
+            got = encoder(images)
+        module.kernel_unsupported = lambda x: "off"
+        want = encoder(images)
+    error = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+    assert error < 3e-2, error
+    print(f"encoder ok {error:.1e}")
     """
 )
 
@@ -242,7 +291,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 def test_kernel_under_the_interpreter() -> None:
     pytest.importorskip("triton")
     stdout = run_python(["-c", _INTERPRETER_SCRIPT], TRITON_INTERPRET="1")
-    assert "kernel ok" in stdout and "block ok" in stdout, stdout
+    assert "kernel ok" in stdout and "block ok" in stdout and "encoder ok" in stdout, stdout
 
 
 @pytest.mark.gpu
