@@ -6,7 +6,7 @@ ms a launch) while one persistent sibling took 0.020 (docs/BENCHMARKS.md, eighte
 This times, at HRSAM ViT-B 2048's shape (16,384 tokens of 768, bf16, the shifted layer's real
 ``q_inverse``), the torch form compiled by Inductor (what the engines ran) and the
 ``hrsam.ops.add_norm`` kernel, both with and without the gather, replaying CUDA graphs; with
-``--sweep`` every launch shape (rows per program x warps), each checked equal to the default.
+``--sweep`` every launch shape (rows per program x warps), each checked against the reference.
 Beside them the bandwidth the least traffic makes (read x and delta, write the sum and the norm).
 
     PYTHONPATH=. python benchmarks/add_norm.py [--size 2048] [--iters 200] [--sweep]
@@ -72,9 +72,9 @@ def time_forms(operands: tuple, configs: list[AddNormConfig], iters: int) -> lis
     step = want.float().abs() * 2**-7 + 1e-5
     assert torch.equal(total, want_total) and bool(((normed.float() - want.float()).abs() <= step).all())
     forms = {"Inductor (torch form)": functools.partial(torch.compile(torch_form), *operands)}
-    for config in configs:
+    for config in configs:  # the warps change the reductions' order: the norm within a bf16 step
         out = add_layer_norm_triton(*operands, EPS, config=config)
-        assert torch.equal(out[0], total) and torch.equal(out[1], normed), config
+        assert torch.equal(out[0], total) and bool(((out[1].float() - want.float()).abs() <= step).all()), config
         label = f"kernel {config.block_rows} rows x {config.num_warps} warps"
         forms[label + (" (default)" if config == DEFAULT_CONFIG else "")] = functools.partial(
             add_layer_norm_triton, *operands, EPS, config=config
