@@ -41,7 +41,7 @@ from hrsam.runner import autocast_dtype_of  # noqa: E402
 
 # (category, pattern on the lower-cased kernel name); the first match wins, so specific names first.
 CATEGORIES: list[tuple[str, str]] = [
-    ("selective scan", r"_chunk_(state|carry|output)_kernel"),
+    ("selective scan", r"_(chunk|cycle)_(state|carry|output)_kernel"),
     ("attention", r"flash|fmha|attention|attn|gather_rope"),  # gather_rope: the inputs, as Inductor's kernels were
     ("convolution", r"conv|cudnn|implicit_convolve|depthwise"),
     ("GEMM", r"gemm|nvjet|cutlass|xmma|cublas|triton_tem_|splitk|sm90_|sm80_"),

@@ -93,12 +93,18 @@ class CycleScan(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    def forward(self, x: Tensor, segments: Sequence[int] | None = None) -> Tensor:
-        """Scan the whole sequence, or each of ``segments`` (token counts summing to L) alone."""
+    def forward(self, x: Tensor, segments: Sequence[int] | None = None, normed: Tensor | None = None) -> Tensor:
+        """Scan the whole sequence, or each of ``segments`` (token counts summing to L) alone.
+
+        ``normed``: ``in_norm(x)`` when the caller computed it with the residual add that made x
+        (``hrsam.ops.add_norm``, the encoder's blocks).
+        """
         length = x.shape[1]
         if segments is not None and sum(segments) != length:
             raise ValueError(f"CycleScan: segments {list(segments)} sum to {sum(segments)}, not L={length}")
-        xz = F.silu(self.in_proj(self.in_norm(x)))
+        if normed is not None and normed.shape != x.shape:
+            raise ValueError(f"CycleScan: normed input {tuple(normed.shape)} is not x's {tuple(x.shape)}")
+        xz = F.silu(self.in_proj(self.in_norm(x) if normed is None else normed))
         u, z = xz.chunk(2, dim=-1)
         ssm = self.ssm_proj(u)
         if segments is None or len(segments) == 1:

@@ -36,6 +36,7 @@ from hrsam.modeling.flash_swin import AttentionLayout, FlashSwinAttention
 from hrsam.modeling.gelu_epilogue import linear_gelu, wants_epilogue
 from hrsam.modeling.neck import Neck
 from hrsam.modeling.window_plan import window_plan
+from hrsam.ops.add_norm import add_layer_norm
 
 Grid = tuple[int, int]
 # Sizes whose layouts stay cached; the pair for a 2048 input holds ~40 MB of indices and RoPE tables.
@@ -67,8 +68,23 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, layout: AttentionLayout) -> Tensor:
-        x = x + self.attn(self.norm1(x), layout)
-        return x + self.mlp(self.norm2(x))
+        return self.chained(x, layout)[0]
+
+    def chained(
+        self, x: Tensor, layout: AttentionLayout, normed: Tensor | None = None, next_norm: nn.LayerNorm | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(output, ``next_norm`` of it or None); ``normed``: ``norm1(x)`` when the previous block made it.
+
+        Every residual add is followed by the LayerNorm that reads it (``hrsam.ops.add_norm``: one
+        kernel in the engines): x + attn(norm1(x)) with norm2, whose attention rows come in window
+        order and whose gather back to raster order fuses in too, and x + mlp(...) with the next
+        block's norm1 when the encoder passes it (consecutive blocks of a stage).
+        """
+        normed = self.norm1(x) if normed is None else normed
+        x, hidden = add_layer_norm(x, *self.attn.window_rows(normed, layout), self.norm2)
+        if next_norm is None:
+            return x + self.mlp(hidden), None
+        return add_layer_norm(x, self.mlp(hidden), None, next_norm)
 
 
 class HRSAMEncoder(nn.Module):
@@ -195,17 +211,28 @@ class HRSAMEncoder(nn.Module):
         lengths = [h * w for h, w in grids]
         segments = lengths if self.config.multi_scale else None
         x = x.reshape(-1, channels)
-        features = []
+        features, normed = [], None
         for i, block in enumerate(self.blocks):
             stage = self._stage_of(i)
             if stage is not None:
-                x = self.scans[stage](x.view(batch, -1, channels), segments).reshape(-1, channels)
-            x = block(x, plan.plain if i % 2 == 0 else plan.shifted)
+                x, normed = _scan_rows(self.scans[stage], x, normed, batch, segments), None
+            x, normed = block.chained(x, plan.plain if i % 2 == 0 else plan.shifted, normed, self._next_norm(i))
             if stage is not None:
                 if self.config.multi_scale:
-                    x = self.ms_scans[stage](x.view(batch, -1, channels)).reshape(-1, channels)
+                    x, normed = _scan_rows(self.ms_scans[stage], x, normed, batch), None
                 features.append(self._stage_output(x.view(batch, -1, channels), grids, stage, plan.anchor_taps))
         return self.neck(features)
+
+    def _next_norm(self, block: int) -> nn.LayerNorm | None:
+        """The LayerNorm that reads ``block``'s output first: HRSAM++'s multi-scale scan's after a stage's
+        last block, else the next stage's Cycle-scan's or the next block's; None after the last block."""
+        stage, following = self._stage_of(block), block + 1
+        if stage is not None and self.config.multi_scale:
+            return self.ms_scans[stage].in_norm
+        if following == len(self.blocks):
+            return None
+        next_stage = self._stage_of(following)
+        return self.blocks[following].norm1 if next_stage is None else self.scans[next_stage].in_norm
 
     def _stage_of(self, block: int) -> int | None:
         """Index of the stage that ``block`` ends, or None."""
@@ -221,6 +248,15 @@ class HRSAMEncoder(nn.Module):
         anchor = upsample_channels_last(x[:, h * w :].unflatten(1, grids[1]), anchor_taps)
         norm = self.fusion_norms[stage]
         return torch.cat([norm(main), norm(anchor)], dim=-1)
+
+
+def _scan_rows(
+    scan: CycleScan, x: Tensor, normed: Tensor | None, batch: int, segments: list[int] | None = None
+) -> Tensor:
+    """``scan`` over packed rows [B * L, C] -> [B * L, C]; ``normed``: its in_norm of x, or None."""
+    channels = x.shape[-1]
+    rows = None if normed is None else normed.view(batch, -1, channels)
+    return scan(x.view(batch, -1, channels), segments, rows).reshape(-1, channels)
 
 
 def _axis_taps(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

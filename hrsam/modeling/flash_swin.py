@@ -133,6 +133,18 @@ class FlashSwinAttention(nn.Module):
 
     def forward(self, x: Tensor, layout: AttentionLayout) -> Tensor:
         """x [T, C] (tokens of all images and grids, raster order) -> [T, C]."""
+        rows, order = self.window_rows(x, layout)
+        return rows if order is None else rows.index_select(0, order)
+
+    def window_rows(self, x: Tensor, layout: AttentionLayout) -> tuple[Tensor, Tensor | None]:
+        """The projected outputs in window order and the gather that puts them in raster order.
+
+        ``forward`` is ``rows.index_select(0, order)``. Projecting before restoring the order gives
+        the same result (rows are independent) and leaves the gather to whoever consumes the rows:
+        ``Block`` fuses it into the residual add and the next LayerNorm (``hrsam.ops.add_norm``).
+        The portable form (dense windows) returns rows in raster order and None: it gathers before
+        projecting, so its exported graph projects no padded rows.
+        """
         plan = layout.plan
         if x.dim() != 2 or x.shape[0] != plan.num_tokens or x.shape[1] != self.dim:
             raise ValueError(f"expected tokens [{plan.num_tokens}, {self.dim}] for this layout, got {tuple(x.shape)}")
@@ -147,7 +159,7 @@ class FlashSwinAttention(nn.Module):
             q = apply_rope(qkv[:, :c].index_select(0, dense.q_gather).view(-1, h, d), dense.q_cos, dense.q_sin)
             k, v = _kv_rows(qkv, pad, c).index_select(0, dense.kv_gather).view(-1, 2, h, d).unbind(1)
             out = dense_window_attention(q, apply_rope(k, dense.k_cos, dense.k_sin), v, dense, d**-0.5)
-            return self.proj(out.reshape(-1, c).index_select(0, dense.out_gather))
+            return self.proj(out.reshape(-1, c).index_select(0, dense.out_gather)), None
         # Compiled engines on CUDA; elsewhere the model's own form (gather_rope's reference would
         # also run, but copies v, which the form below keeps as a view of the gathered rows).
         if engine_kernels_active() and kernel_unsupported(qkv) is None:
@@ -164,7 +176,4 @@ class FlashSwinAttention(nn.Module):
         out = varlen_attention(
             q, k, v, layout.cu_seqlens_q, layout.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, d**-0.5
         )
-        # Project, then restore raster order (rows are independent, so the result is the same): under
-        # Inductor the inverse gather then fuses into the block's residual add instead of being a
-        # copy of its own before the projection's GEMM.
-        return self.proj(out.reshape(-1, c)).index_select(0, layout.q_inverse)
+        return self.proj(out.reshape(-1, c)), layout.q_inverse

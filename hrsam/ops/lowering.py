@@ -18,8 +18,9 @@ compiled with the lowered scan and a fused Flash Swin kernel, HRSAM at 2048 took
 ``engine_kernels()``: where the compiled engines (``torch.compile`` through
 ``hrsam.compiled.compile_part`` and the AOTInductor export) trace faster forms that eager calls and
 ONNX export do not use: the MLPs' fc1 + GELU as one cuBLASLt GEMM (``hrsam.modeling.gelu_epilogue``),
-the attention inputs' gather + RoPE as Triton kernels (``hrsam.ops.gather_rope``) and, in 16-bit,
-the attention itself as our Triton kernel (``hrsam.ops.varlen_attention.engine_attention_unsupported``).
+the attention inputs' gather + RoPE as Triton kernels (``hrsam.ops.gather_rope``), in 16-bit the
+attention itself as our Triton kernel (``hrsam.ops.varlen_attention.engine_attention_unsupported``)
+and each block's inverse window gather + residual add + LayerNorm as one (``hrsam.ops.add_norm``).
 """
 
 from __future__ import annotations

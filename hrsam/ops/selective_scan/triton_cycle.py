@@ -62,9 +62,13 @@ def _cycle_carry_kernel(
     N * dim], A is [N, dim], weights [dim, REPEATS] (any strides). Writes ``enter``, a separate
     buffer: row c + 1 is computed from row c, which another thread may still be reading.
     """
-    decay, carried, _, _, offs_c, offs_nd, mask_nd = _scan_chunk_summaries(
+    decay, carried, _, _, _, _, mask_nd = _scan_chunk_summaries(
         states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_chunks, NC, BLOCK_ND
     )
+    # The output offsets computed here, not taken from the call's results (as in the step kernels:
+    # the analysis of written arguments would report the call's inputs as written).
+    offs_c = tl.arange(0, NC)
+    offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
     pid_b = tl.program_id(1).to(tl.int64)
     d = offs_nd % dim
     last = (offs_c == n_chunks - 1)[:, None]
@@ -232,6 +236,10 @@ def _cycle_steps(
             STEPS, False, PREFETCH, SOFTPLUS, OUTPUT,
         )  # fmt: skip
     if full_stop < stop:
+        # y's pointer for the tail from out_ptr, not from the loop: torch's analysis of which
+        # arguments a user kernel writes (AOTInductor packages) follows a loop's results back to every
+        # value the loop carries, and would report u, delta, B and C as written (the module docstring).
+        out_t = out_ptr + pid_b * stride_ob + offs_d64 * stride_od + full_stop.to(tl.int64) * stride_ot
         h, dt_sum, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C = _cycle_tile(
             h, dt_sum, A2, full_stop, stop, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C,
             stride_ut, stride_deltat, stride_bt, stride_ot, bias, Dv, scale, offs_n, mask_n, mask_d,
@@ -272,8 +280,11 @@ def _cycle_state_kernel(
         STEPS, PREFETCH, SOFTPLUS, False,
     )  # fmt: skip
     row = pid_b * n_chunks + pid_c
-    state_ptrs = states_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
-    tl.store(state_ptrs, h, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :])
+    # The state's offsets from tl.arange here, not from _program_operands's results: the analysis of
+    # written arguments would follow them into that call and report A and the delta bias as written.
+    rows_n = tl.arange(0, BLOCK_N)
+    state_ptrs = states_ptr + row * stride_srow + rows_n[:, None] * stride_sn + offs_d[None, :]
+    tl.store(state_ptrs, h, mask=(rows_n < dstate)[:, None] & (offs_d < dim)[None, :])
     tl.store(dtsum_ptr + row * dim + offs_d, dt_sum, mask=offs_d < dim)
 
 

@@ -291,10 +291,15 @@ def _chunk_carry_kernel(
 
     Works on the flattened (n, d) axis: states are [batch, n_prefix, N * dim] and A is [N, dim].
     """
-    _, carried, state_ptrs, mask, _, _, _ = _scan_chunk_summaries(
+    _, carried, _, mask, _, _, _ = _scan_chunk_summaries(
         states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_prefix, NC, BLOCK_ND
     )
-    tl.store(state_ptrs, carried, mask=mask)
+    # Where to store computed here, not taken from the call's results: torch's analysis of which
+    # arguments a user kernel writes (AOTInductor) would follow them into the call and report A and
+    # the dt sums as written too.
+    rows = tl.program_id(1).to(tl.int64) * n_prefix + tl.arange(0, NC)
+    offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
+    tl.store(states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :], carried, mask=mask)
 
 
 @triton.jit
