@@ -4,8 +4,8 @@ One program holds ``block_rows`` whole rows in registers: it loads each row's so
 residual row and the gathered delta row (contiguous runs of the row width, so the loads
 vectorize), rounds their sum to the residual's dtype (as the separate add would), stores it,
 normalises the rounded sum in float32 and stores the result. Every row is read once and written
-twice, the least traffic the pair of ops allows; Inductor's fusion of the same ops loops over
-each row in pieces when it classes the reduction as large (docs/BENCHMARKS.md, eighteenth session).
+twice, the least traffic the pair of ops allows: 3.1-3.2 TB/s of it at HRSAM 2048's shape on the
+H200, about Inductor's own fusion of the pair alone (docs/BENCHMARKS.md, eighteenth session).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from torch import Tensor
 class AddNormConfig:
     """Launch shape: ``block_rows`` rows per program, ``num_warps`` warps (powers of two).
 
-    ``benchmarks/add_norm.py --sweep`` times the alternatives on the GPU.
+    ``benchmarks/add_norm.py --sweep`` times the alternatives on the GPU: at HRSAM 2048's shape on
+    the H200 every shape of 1-8 rows took 0.031-0.034 ms (this default 0.032), 16 rows with few
+    warps up to 0.13.
     """
 
     block_rows: int = 4

@@ -86,14 +86,17 @@ def dense_in_stride_order(t: Tensor) -> Tensor:
     """``t``, or a copy of it whose strides are dense in ``t``'s own stride order (same shape, values).
 
     Why: a launch traced through ``wrap_triton`` bakes the strides its fake inputs had into the
-    package as integers, while Inductor guarantees a user kernel's input only its stride order
-    (torch 2.11's AOTInductor; exact strides only where the node records its eager inputs). A
-    strided view such as the model's u, the first half of the in-projection's [batch, L, 2 dim]
-    output seen as [batch, dim, L], may reach the kernel as a fresh buffer of the same order and
-    other strides, and the kernel then reads out of bounds: the H200's package of the per-step
-    kernels did (an illegal memory access, docs/BENCHMARKS.md). A dense tensor has one set of
-    strides per order, so this copy (which Inductor fuses into the producer, or makes where it
-    would have made one anyway) keeps the baked strides true. Token-major views stay token-major.
+    package as integers, while Inductor may hand the kernel another buffer of the same values: a
+    clone, where its analysis believes the kernel writes the input (it did for u and delta until the
+    kernels' store addresses were fixed: ``tests/test_kernel_writes.py``), or a fresh buffer that
+    keeps only the stride order (torch's constraint for a user kernel's inputs where the node does
+    not record its eager inputs). A strided view such as the model's u, the first half of the
+    in-projection's [batch, L, 2 dim] output seen as [batch, dim, L], then reaches the kernel with
+    other strides and the kernel reads out of bounds: the H200's package of the per-step kernels
+    did (an illegal memory access, docs/BENCHMARKS.md, eighteenth session). A dense tensor has one
+    set of strides per order, so after this copy any buffer Inductor makes of it has the baked
+    strides. Token-major views stay token-major. It costs a copy of u and delta per scan in the
+    packages (not measured; the compiled runner's opaque op reads the views' strides at run time).
     """
     order = sorted(range(t.dim()), key=lambda i: t.stride(i), reverse=True)  # outermost first
     permuted = t.permute(order)
