@@ -75,10 +75,10 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """(output, ``next_norm`` of it or None); ``normed``: ``norm1(x)`` when the previous block made it.
 
-        Every residual add is followed by the LayerNorm that reads it (``hrsam.ops.add_norm``: one
+        Every residual add is made with the LayerNorm that reads it (``hrsam.ops.add_norm``: one
         kernel in the engines): x + attn(norm1(x)) with norm2, whose attention rows come in window
-        order and whose gather back to raster order fuses in too, and x + mlp(...) with the next
-        block's norm1 when the encoder passes it (consecutive blocks of a stage).
+        order and whose gather back to raster order fuses in too, and x + mlp(...) with
+        ``next_norm``, the norm the encoder runs next on the output (``HRSAMEncoder._next_norm``).
         """
         normed = self.norm1(x) if normed is None else normed
         x, hidden = add_layer_norm(x, *self.attn.window_rows(normed, layout), self.norm2)
