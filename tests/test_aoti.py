@@ -9,7 +9,10 @@ directory, a package whose wrapper carries its own libstdc++ and would crash the
 a file that is no package). Fast CPU tests cover the errors that need no package, and the ELF
 symbol check on real libraries.
 
-GPU (marker ``gpu``): a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default hrsampp_tiny at
+GPU (marker ``gpu``): first, a small module holding every ``triton_op`` an encoder package compiles
+in (a two-segment Cycle-scan on the projections' views, a block with the attention kernels and
+the add + norm kernel chained into a LayerNorm), packaged in seconds: one output, within bf16
+rounding of eager. Then a package of ``GPU_CASE`` (env ``HRSAM_GPU_CASE``, default hrsampp_tiny at
 1024) in bf16, against eager fp32 and bf16 over the session (tolerances of
 ``tests/test_compiled.py``), every call replayed from a CUDA graph and bitwise equal to calling the
 packages directly, and run without hrsam on CUDA. With ``HRSAM_AOTI_DIR`` set the
@@ -352,6 +355,58 @@ def test_gpu_package_matches_eager_over_a_session(tmp_path: Path) -> None:
     run_without_hrsam(directory, runner, tmp_path)
     # The Cycle-scan went in as its L-step kernels (hrsam::cycle_scan_triton), not the tiled scan.
     assert package_mentions(directory / AOTI_FILES["encoder"], b"_cycle_output_kernel")
+
+
+class _ScanAndBlock(torch.nn.Module):
+    """A Cycle-scan over two segments and a block chained into a LayerNorm, under bf16 autocast:
+    every ``triton_op`` an encoder package compiles in, with the strided inputs the model hands
+    them (the projections' token-major views), at a size that packages in seconds."""
+
+    def __init__(self, dim: int, grid: int) -> None:
+        from hrsam.modeling.cycle_scan import CycleScan
+        from hrsam.modeling.encoder import Block
+        from hrsam.modeling.flash_swin import AttentionLayout
+        from hrsam.modeling.window_plan import window_plan
+
+        super().__init__()
+        self.scan, self.block, self.norm = CycleScan(dim, state_dim=16), Block(dim, 4, 2.0), torch.nn.LayerNorm(dim)
+        self.layout = AttentionLayout.build(window_plan(((grid, grid),), 8, 4, True), dim // 4, "cuda")
+        self.segments = [grid * grid - 64, 64]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            x = self.scan(x[None], self.segments)[0]
+            x, normed = self.block.chained(x, self.layout, None, self.norm)
+            return (x + normed).float()
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_package_of_the_custom_ops_matches_eager(tmp_path: Path) -> None:
+    """The ops' packaged kernels (Cycle-scan, attention inputs, attention, add + norm) against eager.
+
+    Quick (one small compile) where the session test above packages a whole model: run it first.
+    The package's outputs are exactly the module's (Inductor once took a Cycle-scan's delta bias for
+    written and returned it as a second output) and within bf16 rounding of eager bf16.
+    """
+    from hrsam.ops.lowering import engine_kernels
+
+    torch.manual_seed(0)
+    module = _ScanAndBlock(64, 16).cuda().eval()
+    x = torch.randn(256, 64, device="cuda")
+    path = tmp_path / "ops.pt2"
+    _package(module, (x,), None, path, {}, False, pick_compiler().compiler, None)
+    package = torch._inductor.aoti_load_package(str(path))
+    outputs = package.loader.boxed_run([x])
+    with torch.no_grad():
+        with engine_kernels():
+            same = module(x)
+        want = module(x)
+    assert len(outputs) == 1
+    assert package_mentions(path, b"_cycle_output_kernel") and package_mentions(path, b"add_layer_norm_kernel")
+    scale = want.abs().max()
+    assert float((outputs[0] - same).abs().max() / scale) < 2e-2  # the same kernels, Inductor's fusions around them
+    assert float((outputs[0] - want).abs().max() / scale) < 5e-2  # eager bf16, torch's kernels
 
 
 def package_mentions(package: Path, text: bytes) -> bool:
