@@ -26,7 +26,12 @@ and each block's inverse window gather + residual add + LayerNorm as one (``hrsa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
 
 
 class TraceSwitch:
@@ -64,3 +69,18 @@ def lowering_active() -> bool:
 def engine_kernels_active() -> bool:
     """True while a compiled engine traces the model (``engine_kernels``)."""
     return engine_kernels.on()
+
+
+def register_engine_op(register: Callable[[], T]) -> T | None:
+    """``register()``'s result where CUDA and Triton are present, else None; ``register`` registers an
+    engine kernel's ``triton_op`` (``hrsam::gather_rope_triton``, ...) and returns what its module keeps.
+
+    Called at import by the ops' modules: Dynamo cannot trace a registration, and Triton is
+    optional on CPU installs.
+    """
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return register()
+    except ImportError:  # Triton is optional
+        return None

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hrsam.ops.add_norm.reference import add_layer_norm_reference
-from hrsam.ops.lowering import engine_kernels_active
+from hrsam.ops.lowering import engine_kernels_active, register_engine_op
 
 __all__ = ["add_layer_norm", "add_layer_norm_reference", "kernel_unsupported", "triton_add_layer_norm_op"]
 
@@ -52,17 +52,7 @@ def triton_add_layer_norm_op() -> torch._library.custom_ops.CustomOpDef:
     return op
 
 
-def _load_op() -> torch._library.custom_ops.CustomOpDef | None:
-    """The op where CUDA and Triton are present when hrsam is imported, else None."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        return triton_add_layer_norm_op()
-    except ImportError:  # Triton is optional
-        return None
-
-
-_OP = _load_op()
+_OP = register_engine_op(triton_add_layer_norm_op)
 
 
 def kernel_unsupported(x: Tensor) -> str | None:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.gather_rope.reference import gather_rope_reference
+from hrsam.ops.lowering import register_engine_op
 
 __all__ = ["gather_rope", "gather_rope_reference", "kernel_unsupported", "triton_gather_rope_op"]
 
@@ -50,17 +51,7 @@ def triton_gather_rope_op() -> torch._library.custom_ops.CustomOpDef:
     return op
 
 
-def _load_op() -> torch._library.custom_ops.CustomOpDef | None:
-    """The op where CUDA and Triton are present when hrsam is imported, else None."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        return triton_gather_rope_op()
-    except ImportError:  # Triton is optional
-        return None
-
-
-_OP = _load_op()
+_OP = register_engine_op(triton_gather_rope_op)
 
 
 def kernel_unsupported(src: Tensor) -> str | None:

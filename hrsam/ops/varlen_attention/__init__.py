@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from hrsam.ops.backend import Backend, choose, register
-from hrsam.ops.lowering import engine_kernels_active, lowering_active
+from hrsam.ops.lowering import engine_kernels_active, lowering_active, register_engine_op
 from hrsam.ops.replay import replay_backward
 from hrsam.ops.varlen_attention.cuda import (
     torch_supports,
@@ -135,22 +135,16 @@ def triton_attention_op() -> torch._library.custom_ops.CustomOpDef:
     return op
 
 
-def _load_engine_kernel() -> ModuleType | None:
-    """Our kernel's module, its engine op registered, where CUDA and Triton are present at import.
+def _engine_kernel() -> ModuleType:
+    """Our kernel's module, its engine op registered (at import: Dynamo cannot trace a registration,
+    nor a cached registering function)."""
+    from hrsam.ops.varlen_attention import triton_kernel
 
-    At import because Dynamo cannot trace a registration (nor a cached registering function).
-    """
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from hrsam.ops.varlen_attention import triton_kernel
-    except ImportError:  # Triton is optional
-        return None
     triton_attention_op()
     return triton_kernel
 
 
-_ENGINE_KERNEL = _load_engine_kernel()
+_ENGINE_KERNEL = register_engine_op(_engine_kernel)
 
 
 def engine_attention_unsupported(q: Tensor, v: Tensor) -> str | None:
