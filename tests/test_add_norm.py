@@ -15,6 +15,7 @@ GPU (marker ``gpu``): HRSAM 2048's shape (16,384 rows of 768) in bfloat16, kerne
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from unittest import mock
 
@@ -148,16 +149,8 @@ def _block_trace(engine: bool) -> str:
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(64, 32, dtype=torch.bfloat16)
-        with engine_kernels() if engine else _nothing(), torch.no_grad():
+        with engine_kernels() if engine else contextlib.nullcontext(), torch.no_grad():
             return make_fx(call, tracing_mode="fake")(params, x).code
-
-
-class _nothing:  # noqa: N801  (a null context usable in a conditional expression)
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 @pytest.mark.parametrize("engine", [True, False], ids=["engine", "eager"])
