@@ -369,13 +369,15 @@ class _ScanAndBlock(torch.nn.Module):
         from hrsam.modeling.window_plan import window_plan
 
         super().__init__()
-        self.scan, self.block, self.norm = CycleScan(dim, state_dim=16), Block(dim, 4, 2.0), torch.nn.LayerNorm(dim)
-        self.layout = AttentionLayout.build(window_plan(((grid, grid),), 8, 4, True), dim // 4, "cuda")
+        heads = dim // 64  # head dim 64, the models'
+        self.scan, self.block = CycleScan(dim, state_dim=16), Block(dim, heads, 2.0)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.layout = AttentionLayout.build(window_plan(((grid, grid),), 8, 4, True), 64, "cuda")
         self.segments = [grid * grid - 64, 64]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            x = self.scan(x[None], self.segments)[0]
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # bf16 residual rows, as the encoder's
+            x = self.scan(x[None].bfloat16(), self.segments)[0]
             x, normed = self.block.chained(x, self.layout, None, self.norm)
             return (x + normed).float()
 
@@ -392,8 +394,8 @@ def test_gpu_package_of_the_custom_ops_matches_eager(tmp_path: Path) -> None:
     from hrsam.ops.lowering import engine_kernels
 
     torch.manual_seed(0)
-    module = _ScanAndBlock(64, 16).cuda().eval()
-    x = torch.randn(256, 64, device="cuda")
+    module = _ScanAndBlock(128, 16).cuda().eval()
+    x = torch.randn(256, 128, device="cuda")
     path = tmp_path / "ops.pt2"
     _package(module, (x,), None, path, {}, False, pick_compiler().compiler, None)
     package = torch._inductor.aoti_load_package(str(path))
