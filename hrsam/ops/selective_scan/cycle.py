@@ -23,7 +23,8 @@ Kernels: on the CPU, the C kernel's ``cycle_block`` (``cpu_scan.c``): one pass o
 P_L (no outputs), one for y: two passes over L instead of one over R L, 2.0-2.7x faster than the
 tiled scan on the development CPU (docs/BENCHMARKS.md). On CUDA, ``triton_cycle``: the chunked
 Triton passes over L, a third of the tiled scan's exponentials, reading u and delta in place
-(any strides, 16-bit dtypes: the model passes its projections' token-major views).
+(any strides, 16-bit dtypes: the model passes its projections' token-major views; inside an
+AOTInductor package, dense copies of them: ``inductor.dense_in_stride_order`` says why).
 ``cycle_kernel_unsupported`` says when the model takes a kernel: CUDA tensors with Triton (in
 torch.compile traces too: the op is opaque to Inductor; in an AOTInductor export through
 ``hrsam::cycle_scan_triton``, the kernels' ``triton_op`` that the package compiles in), or CPU
