@@ -62,14 +62,12 @@ def _cycle_carry_kernel(
     N * dim], A is [N, dim], weights [dim, REPEATS] (any strides). Writes ``enter``, a separate
     buffer: row c + 1 is computed from row c, which another thread may still be reading.
     """
-    decay, carried, _, _, _, _, mask_nd = _scan_chunk_summaries(
-        states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_chunks, NC, BLOCK_ND
-    )
-    # The output offsets computed here, not taken from the call's results (as in the step kernels:
-    # the analysis of written arguments would report the call's inputs as written).
     offs_c = tl.arange(0, NC)
     offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
     pid_b = tl.program_id(1).to(tl.int64)
+    decay, carried, _, mask_nd = _scan_chunk_summaries(
+        states_ptr, dtsum_ptr, A_ptr, pid_b * n_chunks + offs_c, offs_c, offs_nd, dim, dstate, n_chunks
+    )
     d = offs_nd % dim
     last = (offs_c == n_chunks - 1)[:, None]
     h_end = tl.sum(tl.where(last, carried, 0.0), axis=0)  # copy 0's final state h_L
@@ -189,6 +187,12 @@ def _cycle_tile(
 
 
 @triton.jit
+def _step_ptrs(ptr, pid_b, offs_d64, t, stride_b, stride_d, stride_t):
+    """[BLOCK_D] pointers to step t of batch row pid_b, channels offs_d64 (64-bit offsets)."""
+    return ptr + pid_b * stride_b + offs_d64 * stride_d + t.to(tl.int64) * stride_t
+
+
+@triton.jit
 def _cycle_steps(
     h, dt_sum, A2, start, stop, pid_b, offs_d,
     u_ptr, delta_ptr, B_ptr, C_ptr, out_ptr,
@@ -217,10 +221,10 @@ def _cycle_steps(
     [BLOCK_D] vector at out + b stride_ob + d stride_od + t stride_ot. Returns (h, dt_sum).
     """
     offs_d64 = offs_d.to(tl.int64)
+    u_t = _step_ptrs(u_ptr, pid_b, offs_d64, start, stride_ub, stride_ud, stride_ut)
+    delta_t = _step_ptrs(delta_ptr, pid_b, offs_d64, start, stride_deltab, stride_deltad, stride_deltat)
+    out_t = _step_ptrs(out_ptr, pid_b, offs_d64, start, stride_ob, stride_od, stride_ot)
     start64 = start.to(tl.int64)
-    u_t = u_ptr + pid_b * stride_ub + offs_d64 * stride_ud + start64 * stride_ut
-    delta_t = delta_ptr + pid_b * stride_deltab + offs_d64 * stride_deltad + start64 * stride_deltat
-    out_t = out_ptr + pid_b * stride_ob + offs_d64 * stride_od + start64 * stride_ot
     bc = pid_b * stride_bb + start64 * stride_bt + offs_n * stride_bn
     b_t = B_ptr + bc
     c_t = C_ptr + bc
@@ -239,7 +243,7 @@ def _cycle_steps(
         # y's pointer for the tail from out_ptr, not from the loop: torch's analysis of which
         # arguments a user kernel writes (AOTInductor packages) follows a loop's results back to every
         # value the loop carries, and would report u, delta, B and C as written (the module docstring).
-        out_t = out_ptr + pid_b * stride_ob + offs_d64 * stride_od + full_stop.to(tl.int64) * stride_ot
+        out_t = _step_ptrs(out_ptr, pid_b, offs_d64, full_stop, stride_ob, stride_od, stride_ot)
         h, dt_sum, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C = _cycle_tile(
             h, dt_sum, A2, full_stop, stop, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C,
             stride_ut, stride_deltat, stride_bt, stride_ot, bias, Dv, scale, offs_n, mask_n, mask_d,
@@ -267,8 +271,9 @@ def _cycle_state_kernel(
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_n, mask_n, mask_d, A2, bias = _program_operands(
-        A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n, mask_d, A2, bias = _program_operands(
+        A_ptr, bias_ptr, offs_n, offs_d, dim, dstate, stride_an, EVEN_D, EVEN_N
     )
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     start = pid_c * chunk_len
@@ -280,11 +285,8 @@ def _cycle_state_kernel(
         STEPS, PREFETCH, SOFTPLUS, False,
     )  # fmt: skip
     row = pid_b * n_chunks + pid_c
-    # The state's offsets from tl.arange here, not from _program_operands's results: the analysis of
-    # written arguments would follow them into that call and report A and the delta bias as written.
-    rows_n = tl.arange(0, BLOCK_N)
-    state_ptrs = states_ptr + row * stride_srow + rows_n[:, None] * stride_sn + offs_d[None, :]
-    tl.store(state_ptrs, h, mask=(rows_n < dstate)[:, None] & (offs_d < dim)[None, :])
+    state_ptrs = states_ptr + row * stride_srow + offs_n[:, None] * stride_sn + offs_d[None, :]
+    tl.store(state_ptrs, h, mask=(offs_n < dstate)[:, None] & (offs_d < dim)[None, :])
     tl.store(dtsum_ptr + row * dim + offs_d, dt_sum, mask=offs_d < dim)
 
 
@@ -304,8 +306,9 @@ def _cycle_output_kernel(
     pid_c = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_n, mask_n, mask_d, A2, bias = _program_operands(
-        A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n, mask_d, A2, bias = _program_operands(
+        A_ptr, bias_ptr, offs_n, offs_d, dim, dstate, stride_an, EVEN_D, EVEN_N
     )
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     scale = tl.load(total_ptr + offs_d, mask=mask_d, other=0.0)

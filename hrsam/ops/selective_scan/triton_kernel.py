@@ -173,10 +173,13 @@ def _scan_tile(
 
 
 @triton.jit
-def _program_operands(A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+def _program_operands(A_ptr, bias_ptr, offs_n, offs_d, dim, dstate, stride_an, EVEN_D: tl.constexpr,
                       EVEN_N: tl.constexpr):  # fmt: skip
-    """(offs_n, mask_n, mask_d, A2 = log2(e) A as [BLOCK_N, BLOCK_D], delta bias [BLOCK_D]) of a
-    scanning program (this module's chunk kernels and ``triton_cycle``'s step kernels).
+    """(mask_n, mask_d, A2 = log2(e) A as [BLOCK_N, BLOCK_D], delta bias [BLOCK_D]) of a scanning
+    program (this module's chunk kernels and ``triton_cycle``'s step kernels) whose state rows are
+    ``offs_n`` (``tl.arange(0, BLOCK_N)``, made by the kernel: a kernel computes its store
+    addresses from its own values, never from a helper's results, which torch's analysis of
+    written arguments would follow back to every argument of the call; tests/test_kernel_writes.py).
 
     A arrives transposed, [N, dim]: d is the contiguous axis, and the row stride is a runtime
     value (not specialised) so Triton cannot prove 16-byte alignment. Both facts together make
@@ -185,19 +188,18 @@ def _program_operands(A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N: 
     y = sum_n C h is a per-thread sum with no shuffles. Masks known true at compile time (even
     shapes) fold away, so even shapes pay for none.
     """
-    offs_n = tl.arange(0, BLOCK_N)
     if EVEN_D:
         mask_d = offs_d >= 0
     else:
         mask_d = offs_d < dim
     if EVEN_N:
-        mask_n = offs_n < BLOCK_N
+        mask_n = offs_n >= 0
     else:
         mask_n = offs_n < dstate
     a_ptrs = A_ptr + offs_n[:, None] * stride_an + offs_d[None, :]
     A2 = tl.load(a_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0) * 1.4426950408889634
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    return offs_n, mask_n, mask_d, A2, bias
+    return mask_n, mask_d, A2, bias
 
 
 @triton.jit
@@ -230,8 +232,9 @@ def _scan_chunk(
     OUTPUT: tl.constexpr,
 ):
     """Scan chunk ``pid_c`` of one batch row for BLOCK_D channels from state ``h``."""
-    offs_n, mask_n, mask_d, A2, bias = _program_operands(
-        A_ptr, bias_ptr, offs_d, dim, dstate, stride_an, BLOCK_N, EVEN_D, EVEN_N
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n, mask_d, A2, bias = _program_operands(
+        A_ptr, bias_ptr, offs_n, offs_d, dim, dstate, stride_an, EVEN_D, EVEN_N
     )
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     ud_row = pid_b * dim * seqlen + offs_d.to(tl.int64) * seqlen
@@ -291,41 +294,36 @@ def _chunk_carry_kernel(
 
     Works on the flattened (n, d) axis: states are [batch, n_prefix, N * dim] and A is [N, dim].
     """
-    _, carried, _, mask, _, _, _ = _scan_chunk_summaries(
-        states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_prefix, NC, BLOCK_ND
-    )
-    # Where to store computed here, not taken from the call's results: torch's analysis of which
-    # arguments a user kernel writes (AOTInductor) would follow them into the call and report A and
-    # the dt sums as written too.
-    rows = tl.program_id(1).to(tl.int64) * n_prefix + tl.arange(0, NC)
+    offs_c = tl.arange(0, NC)
     offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
+    rows = tl.program_id(1).to(tl.int64) * n_prefix + offs_c
+    _, carried, mask, _ = _scan_chunk_summaries(
+        states_ptr, dtsum_ptr, A_ptr, rows, offs_c, offs_nd, dim, dstate, n_prefix
+    )
     tl.store(states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :], carried, mask=mask)
 
 
 @triton.jit
-def _scan_chunk_summaries(states_ptr, dtsum_ptr, A_ptr, dim, dstate, n_rows, NC: tl.constexpr, BLOCK_ND: tl.constexpr):
-    """The carry passes' common part: scan this program's BLOCK_ND (n, d) columns over the chunk rows.
+def _scan_chunk_summaries(states_ptr, dtsum_ptr, A_ptr, rows, offs_c, offs_nd, dim, dstate, n_rows):
+    """The carry passes' common part: scan the program's (n, d) columns ``offs_nd`` over the chunk rows.
 
     Rows r < n_rows of ``states`` [batch, n_rows, N * dim] hold chunk-local final states and of
-    ``dtsum`` [batch, n_rows, dim] the chunks' dt sums. Returns (decay, carried, state_ptrs, mask,
-    offs_c, offs_nd, mask_nd): the decay product and state after each row, both [NC, BLOCK_ND],
-    and where they live. Rows past n_rows have decay 1 and state 0: they come after the real rows
-    and change nothing.
+    ``dtsum`` [batch, n_rows, dim] the chunks' dt sums; ``offs_c`` = ``tl.arange(0, NC)`` and
+    ``rows`` (batch row * n_rows + offs_c) are the kernel's, which stores with them (a kernel's
+    store addresses come from its own values: ``_program_operands`` says why). Returns (decay,
+    carried, mask, mask_nd): the decay product and state after each row, both [NC, BLOCK_ND], and
+    their masks. Rows past n_rows have decay 1 and state 0: they come after the real rows and
+    change nothing.
     """
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.arange(0, NC)
-    offs_nd = tl.program_id(0) * BLOCK_ND + tl.arange(0, BLOCK_ND)
     d = offs_nd % dim
     mask_nd = offs_nd < dstate * dim
     mask = (offs_c < n_rows)[:, None] & mask_nd[None, :]
     A2 = tl.load(A_ptr + offs_nd, mask=mask_nd, other=0.0) * 1.4426950408889634
-    rows = pid_b * n_rows + offs_c
     dt_sum = tl.load(dtsum_ptr + rows[:, None] * dim + d[None, :], mask=mask, other=0.0)
     decay = tl.exp2(dt_sum * A2[None, :])
-    state_ptrs = states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :]
-    local = tl.load(state_ptrs, mask=mask, other=0.0)
+    local = tl.load(states_ptr + rows[:, None] * (dstate * dim) + offs_nd[None, :], mask=mask, other=0.0)
     decay, carried = tl.associative_scan((decay, local), axis=0, combine_fn=_affine_combine)
-    return decay, carried, state_ptrs, mask, offs_c, offs_nd, mask_nd
+    return decay, carried, mask, mask_nd
 
 
 @triton.jit(do_not_specialize=["stride_an", "stride_srow", "stride_sn"])
