@@ -242,7 +242,7 @@ def _cycle_steps(
     if full_stop < stop:
         # y's pointer for the tail from out_ptr, not from the loop: torch's analysis of which
         # arguments a user kernel writes (AOTInductor packages) follows a loop's results back to every
-        # value the loop carries, and would report u, delta, B and C as written (the module docstring).
+        # value the loop carries, and would report u, delta, B and C as written (tests/test_kernel_writes.py).
         out_t = _step_ptrs(out_ptr, pid_b, offs_d64, full_stop, stride_ob, stride_od, stride_ot)
         h, dt_sum, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C = _cycle_tile(
             h, dt_sum, A2, full_stop, stop, u_t, delta_t, b_t, c_t, out_t, u, delta, B, C,
