@@ -94,9 +94,32 @@ def test_layouts_built_once_per_size() -> None:
         assert encoder._layouts[(((16, 16),), 1, "cpu", False)] is first
         encoder(torch.randn(1, 3, 256, 320))
     assert len(encoder._layouts) == 2
-    plain, shifted, anchor_taps = first
+    plain, shifted, anchor_taps, pos_taps = first
     assert plain.plan.shift == 0 and shifted.plan.shift == 8 and plain.plan.kv_padding
     assert anchor_taps is None  # HRSAM: no anchor grid
+    assert len(pos_taps) == 1 and pos_taps[0] is not None  # 16 x 16 tokens: the 14 x 14 grid is resized
+
+
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (256, 256), (160, 288)])
+def test_position_embedding_is_the_interpolated_grid(height: int, width: int) -> None:
+    """The position embedding, resized channels last from taps, is the MAE grid resized by
+    ``F.interpolate`` (bilinear, align_corners=False) and flattened to raster order, as the
+    authors' implementation adds it; 224 x 224 is the pretraining grid itself (no resize). float32,
+    tolerance 1e-6 of the largest value (the blends' rounding order)."""
+    encoder = _encoder("hrsam_tiny")
+    torch.nn.init.normal_(encoder.pos_embed)
+    torch.nn.init.zeros_(encoder.patch_embed.weight)  # patches embed to 0: _embed is the position term
+    torch.nn.init.zeros_(encoder.patch_embed.bias)
+    images = torch.randn(1, 3, height, width)
+    side, (h, w) = encoder.config.pretrain_grid, (height // 16, width // 16)
+    grid = encoder.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    resized = torch.nn.functional.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+    encoder.prepare(height, width)
+    (plan,) = encoder._layouts.values()
+    with torch.no_grad():
+        got = encoder._embed(images, plan.pos_taps[0])
+    want = resized.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
 
 
 def test_layout_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,8 @@ Forward order, as the authors' implementation (so their checkpoints give the sam
    to the main grid), a LayerNorm shared by both scales and channel concatenation (HRSAM++);
 5. the neck (``hrsam.modeling.neck``).
 
-Index plans, cu_seqlens and RoPE tables (``AttentionLayout``) and HRSAM++'s anchor upsampling
-taps (``BilinearTaps``) are built once per (input size, batch, device) and cached, so a
+Index plans, cu_seqlens and RoPE tables (``AttentionLayout``), the position embedding's resize taps
+and HRSAM++'s anchor upsampling taps (``BilinearTaps``) are built once per (input size, batch, device) and cached, so a
 fixed-size forward does no index construction and ``torch.export`` sees them as constants. Any
 input size that is a multiple of 16 works.
 """
@@ -168,7 +168,9 @@ class HRSAMEncoder(nn.Module):
                 for shift in (0, window // 2)
             )
             taps = BilinearTaps.build(grids[1], grids[0], device) if self.config.multi_scale else None
-            self._layouts[key] = SizePlan(plain, shifted, taps)
+            side = (self.config.pretrain_grid,) * 2
+            pos_taps = tuple(None if grid == side else BilinearTaps.build(side, grid, device) for grid in grids)
+            self._layouts[key] = SizePlan(plain, shifted, taps, pos_taps)
         return self._layouts[key]
 
     def _patchify(self, images: Tensor) -> Tensor:
@@ -186,15 +188,21 @@ class HRSAMEncoder(nn.Module):
         weight = self.patch_embed.weight.reshape(self.patch_embed.out_channels, -1)
         return F.linear(patches.reshape(batch, h * w, -1), weight, self.patch_embed.bias)
 
-    def _embed(self, images: Tensor) -> Tensor:
-        """Patch embedding + resized position embedding -> tokens [B, h * w, C] in raster order."""
+    def _embed(self, images: Tensor, pos_taps: BilinearTaps | None) -> Tensor:
+        """Patch embedding + resized position embedding -> tokens [B, h * w, C] in raster order.
+
+        ``pos_taps`` resize the 14 x 14 grid to the token grid (None: the grids are equal). The
+        resize runs channels last (``upsample_channels_last``, F.interpolate's arithmetic) from taps
+        built once per size: the channels-first ``F.interpolate`` and the transpose after it cost the
+        compiled HRSAM 2048 encoder a 53 us resize kernel and a looped 106 us first LayerNorm reading
+        the transposed rows (docs/BENCHMARKS.md, twenty-first session).
+        """
         x = self._patchify(images)
-        (h, w) = (images.shape[2] // self.config.patch_size, images.shape[3] // self.config.patch_size)
         side = self.config.pretrain_grid
-        pos = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        if (h, w) != (side, side):
-            pos = F.interpolate(pos, size=(h, w), mode="bilinear", align_corners=False)
-        return x + pos.flatten(2).transpose(1, 2).to(x.dtype)
+        pos = self.pos_embed[:, 1:].reshape(1, side, side, -1)
+        if pos_taps is not None:
+            pos = upsample_channels_last(pos, pos_taps)
+        return x + pos.flatten(1, 2).to(x.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -202,10 +210,11 @@ class HRSAMEncoder(nn.Module):
         batch, height, width = int(images.shape[0]), int(images.shape[2]), int(images.shape[3])
         grids = self.grids(height, width)
         plan = self._size_plan(grids, batch, images.device)
-        tokens = [self._embed(images)]
+        tokens = [self._embed(images, plan.pos_taps[0])]
         if self.config.anchor_size is not None:
             size = (self.config.anchor_size, self.config.anchor_size)
-            tokens.append(self._embed(F.interpolate(images, size=size, mode="bilinear", align_corners=False)))
+            anchor = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            tokens.append(self._embed(anchor, plan.pos_taps[1]))
         x = torch.cat(tokens, dim=1)
         channels = x.shape[-1]
         lengths = [h * w for h, w in grids]
@@ -287,11 +296,13 @@ class BilinearTaps:
 
 
 class SizePlan(NamedTuple):
-    """What one input size needs besides the weights: attention layouts, HRSAM++'s anchor taps."""
+    """What one input size needs besides the weights: attention layouts, HRSAM++'s anchor taps and
+    the position embedding's taps per grid (None where the grid is the 14 x 14 pretraining grid)."""
 
     plain: AttentionLayout
     shifted: AttentionLayout
     anchor_taps: BilinearTaps | None
+    pos_taps: tuple[BilinearTaps | None, ...]
 
 
 def upsample_channels_last(grid: Tensor, taps: BilinearTaps) -> Tensor:
