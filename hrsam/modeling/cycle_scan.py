@@ -104,8 +104,11 @@ class CycleScan(nn.Module):
             raise ValueError(f"CycleScan: segments {list(segments)} sum to {sum(segments)}, not L={length}")
         if normed is not None and normed.shape != x.shape:
             raise ValueError(f"CycleScan: normed input {tuple(normed.shape)} is not x's {tuple(x.shape)}")
-        xz = F.silu(self.in_proj(self.in_norm(x) if normed is None else normed))
-        u, z = xz.chunk(2, dim=-1)
+        # SiLU on each half where it is read: u is materialised for ssm_proj and the scan, z's SiLU
+        # fuses into the gate after out_norm. One SiLU over both halves made the compiled encoders
+        # write (and the gate read back) the gate half as well (docs/BENCHMARKS.md, twenty-first session).
+        u, z = self.in_proj(self.in_norm(x) if normed is None else normed).chunk(2, dim=-1)
+        u = F.silu(u)
         ssm = self.ssm_proj(u)
         if segments is None or len(segments) == 1:
             y = self._scan(u, ssm)
@@ -113,7 +116,7 @@ class CycleScan(nn.Module):
             pieces = zip(u.split(list(segments), dim=1), ssm.split(list(segments), dim=1), strict=True)
             y = torch.cat([self._scan(u_part, ssm_part) for u_part, ssm_part in pieces], dim=1)
         y = self.out_norm(y.to(self.out_norm.weight.dtype))
-        return x + self.out_proj(z * y)
+        return x + self.out_proj(F.silu(z) * y)
 
     def _scan(self, u: Tensor, ssm: Tensor) -> Tensor:
         """One tiled scan: [batch, Ls, dim] -> gamma-weighted sum over the copies, [batch, Ls, dim].
