@@ -58,6 +58,7 @@ class _Sm90:
 def _launches() -> list:
     """Every kernel launch of the launchers our ``triton_op`` s wrap, at small bf16 shapes."""
     from hrsam.ops.add_norm.triton_kernel import add_layer_norm_triton
+    from hrsam.ops.fusion_norm.triton_kernel import fusion_layer_norm_triton
     from hrsam.ops.gather_rope.triton_kernel import gather_rope_triton
     from hrsam.ops.selective_scan.triton_cycle import cycle_scan_triton
     from hrsam.ops.selective_scan.triton_kernel import selective_scan_triton
@@ -79,6 +80,10 @@ def _launches() -> list:
     gather_rope_triton(qkv, pad, torch.randint(0, 101, (120,)), tables, tables, dim, dim, dim, wrap_triton=record)
     x = torch.randn(100, dim).bfloat16()
     add_layer_norm_triton(x, x, torch.randperm(100), torch.ones(dim), bias, 1e-6, wrap_triton=record)
+    tokens, taps = torch.randn(1, 12 * 8 + 4 * 4, dim).bfloat16(), torch.zeros(12, dtype=torch.int64)
+    fraction = torch.rand(12)
+    cols = (taps[:8], taps[:8], fraction[:8])
+    fusion_layer_norm_triton(tokens, taps, taps, fraction, *cols, torch.ones(dim), bias, 1e-6, 4, wrap_triton=record)
     q, cu = torch.randn(96, 4, 16).bfloat16(), torch.tensor([0, 32, 64, 96], dtype=torch.int32)
     with mock.patch.object(attention, "wrap_triton", record):
         attention.varlen_attention_triton(q, q, q, cu, cu, 32, 32, 0.25)
@@ -94,6 +99,7 @@ WRITES = {
     "_chunk_output_kernel": {"out_ptr"},
     "gather_rope_kernel": {"out"},
     "add_layer_norm_kernel": {"total", "normed"},
+    "fusion_layer_norm_kernel": {"out"},
     "varlen_attention_kernel": {"out_ptr"},
 }
 

@@ -37,6 +37,7 @@ from hrsam.modeling.gelu_epilogue import linear_gelu, wants_epilogue
 from hrsam.modeling.neck import Neck
 from hrsam.modeling.window_plan import window_plan
 from hrsam.ops.add_norm import add_layer_norm
+from hrsam.ops.fusion_norm import fusion_layer_norm, upsample_rows
 
 Grid = tuple[int, int]
 # Sizes whose layouts stay cached; the pair for a 2048 input holds ~40 MB of indices and RoPE tables.
@@ -249,14 +250,12 @@ class HRSAMEncoder(nn.Module):
         return ends.index(block) if block in ends else None
 
     def _stage_output(self, x: Tensor, grids: tuple[Grid, ...], stage: int, anchor_taps: BilinearTaps | None) -> Tensor:
-        """[B, L, C] -> channels-last stage feature [B, h, w, C] (HRSAM) or [B, h, w, 2C] (HRSAM++)."""
+        """[B, L, C] -> channels-last stage feature [B, h, w, C] (HRSAM) or [B, h, w, 2C] (HRSAM++:
+        ``hrsam.ops.fusion_norm``, one kernel in the engines)."""
         (h, w) = grids[0]
-        main = x[:, : h * w].unflatten(1, (h, w))
         if anchor_taps is None:
-            return main
-        anchor = upsample_channels_last(x[:, h * w :].unflatten(1, grids[1]), anchor_taps)
-        norm = self.fusion_norms[stage]
-        return torch.cat([norm(main), norm(anchor)], dim=-1)
+            return x[:, : h * w].unflatten(1, (h, w))
+        return fusion_layer_norm(x, grids[0], anchor_taps.rows, anchor_taps.cols, grids[1], self.fusion_norms[stage])
 
 
 def _scan_rows(
@@ -312,11 +311,7 @@ def upsample_channels_last(grid: Tensor, taps: BilinearTaps) -> Tensor:
     permutes around it made Inductor's fused upsample + LayerNorm kernel write its intermediates
     channel-major, a stride of h x w elements between neighbouring channels (~0.3 ms a stage at a
     2048 input, docs/BENCHMARKS.md). Gathering whole rows of channels keeps every access contiguous.
-    Same arithmetic as the interpolation (two linear blends, in float32), result in ``grid``'s dtype.
+    Same arithmetic as the interpolation (``hrsam.ops.fusion_norm.upsample_rows``: two linear blends
+    in float32), result in ``grid``'s dtype.
     """
-    (h0, h1, wh), (w0, w1, ww) = taps.rows, taps.cols
-    values = grid.float()
-    top, bottom = values[:, h0], values[:, h1]
-    rows = top + (bottom - top) * wh[:, None, None]
-    left, right = rows[:, :, w0], rows[:, :, w1]
-    return (left + (right - left) * ww[:, None]).to(grid.dtype)
+    return upsample_rows(grid, taps.rows, taps.cols)

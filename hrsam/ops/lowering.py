@@ -20,7 +20,8 @@ compiled with the lowered scan and a fused Flash Swin kernel, HRSAM at 2048 took
 ONNX export do not use: the MLPs' fc1 + GELU as one cuBLASLt GEMM (``hrsam.modeling.gelu_epilogue``),
 the attention inputs' gather + RoPE as Triton kernels (``hrsam.ops.gather_rope``), in 16-bit the
 attention itself as our Triton kernel (``hrsam.ops.varlen_attention.engine_attention_unsupported``)
-and each block's inverse window gather + residual add + LayerNorm as one (``hrsam.ops.add_norm``).
+each block's inverse window gather + residual add + LayerNorm as one (``hrsam.ops.add_norm``) and
+HRSAM++'s stage outputs (anchor upsampling + both scales' LayerNorm) as one (``hrsam.ops.fusion_norm``).
 """
 
 from __future__ import annotations
