@@ -5,9 +5,10 @@ applies one LayerNorm to the main and to the upsampled anchor tokens and concate
 for the neck (``HRSAMEncoder._stage_output``). Written as torch ops (``reference``, the eager and
 exported form) Inductor made four kernels of it per stage in the compiled HRSAM++ 2048 encoder on the
 H200 (two norm-statistics passes, a row blend and a pointwise pass recomputing the blend and writing
-both halves): about 0.091 ms a stage, where one pass reading each main row once and writing each
-output row once moves ~75 MB, ~0.025 ms at the card's bandwidth (docs/BENCHMARKS.md, twenty-first
-session). The Triton kernel (``triton_kernel``) is that one pass.
+both halves): about 0.091 ms a stage. The Triton kernel (``triton_kernel``) does it in one pass,
+reading each main row once and writing each output row once: 0.053 ms a stage there (its ~75 MB
+would take ~0.025 ms at the card's bandwidth; its launch shape is not tuned yet), and the graph
+0.37 ms faster with the twenty-first session's other two changes (docs/BENCHMARKS.md).
 
 The compiled engines use it (``hrsam.ops.lowering.engine_kernels``, CUDA, 16-bit) through
 ``hrsam::fusion_layer_norm_triton``, a ``torch.library.triton_op`` registered at import, as
