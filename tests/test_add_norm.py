@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from hrsam.ops import add_norm as add_norm_module
+from hrsam.ops import fusion_norm as fusion_norm_module
 from hrsam.ops.add_norm import add_layer_norm, add_layer_norm_reference
 from hrsam.ops.lowering import engine_kernels
 from tests.fresh_python import run_python
@@ -116,13 +117,15 @@ def test_the_norm_must_fit() -> None:
         add_layer_norm(case["x"], case["delta"], case["index"], nn.LayerNorm(48, elementwise_affine=False))
 
 
-def test_when_the_kernel_can_run() -> None:
+@pytest.mark.parametrize("module", [add_norm_module, fusion_norm_module], ids=["add_norm", "fusion_norm"])
+def test_when_the_kernel_can_run(module) -> None:  # noqa: ANN001
+    """Both 16-bit engine kernels (``hrsam.ops.lowering.half_kernel_unsupported``) name why they cannot run."""
     x = torch.zeros(4, 8)
-    assert "CUDA tensors, got cpu" in add_norm_module.kernel_unsupported(x)
+    assert "CUDA tensors, got cpu" in module.kernel_unsupported(x)
     fake_cuda = x.to("meta").as_subclass(_Cuda)
-    assert "16-bit only" in add_norm_module.kernel_unsupported(fake_cuda)
-    with mock.patch.object(add_norm_module, "_OP", None):
-        assert "needs Triton" in add_norm_module.kernel_unsupported(fake_cuda.bfloat16().as_subclass(_Cuda))
+    assert "16-bit only" in module.kernel_unsupported(fake_cuda)
+    with mock.patch.object(module, "_OP", None):
+        assert "needs Triton" in module.kernel_unsupported(fake_cuda.bfloat16().as_subclass(_Cuda))
 
 
 class _Cuda(torch.Tensor):

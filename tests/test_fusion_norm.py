@@ -1,7 +1,8 @@
 """``hrsam::fusion_layer_norm`` (HRSAM++'s stage output: anchor upsampling + both scales' LayerNorm).
 
 CPU: the torch reference against ``F.interpolate`` and ``nn.LayerNorm`` in float32, the op's CPU
-form equal to the encoder's former torch ops bit for bit, the checks' named errors, and which
+form equal to the encoder's former torch ops bit for bit, the checks' named errors (when the kernel
+can run: ``tests/test_add_norm.py``, which shares that check), and which
 form HRSAM++ traces (the kernel only inside ``engine_kernels()``: fake tensors, no GPU needed). The
 Triton kernel under Triton's interpreter (subprocess): against the reference within 1e-5 in
 float32 and two 16-bit steps in bfloat16 / float16 (the upsampled value is rounded to 16 bits
@@ -111,23 +112,6 @@ def test_bad_inputs_are_named(change, message: str) -> None:  # noqa: ANN001
     change(case)
     with pytest.raises(ValueError, match=message):
         fusion_layer_norm(**case)
-
-
-def test_when_the_kernel_can_run() -> None:
-    x = torch.zeros(1, 4, 8)
-    assert "CUDA tensors, got cpu" in fusion_module.kernel_unsupported(x)
-    fake_cuda = x.to("meta").as_subclass(_Cuda)
-    assert "16-bit only" in fusion_module.kernel_unsupported(fake_cuda)
-    with mock.patch.object(fusion_module, "_OP", None):
-        assert "needs Triton" in fusion_module.kernel_unsupported(fake_cuda.bfloat16().as_subclass(_Cuda))
-
-
-class _Cuda(torch.Tensor):
-    """A tensor that says it is on CUDA (to reach the next check without a GPU)."""
-
-    @property
-    def is_cuda(self) -> bool:
-        return True
 
 
 @pytest.mark.parametrize(("name", "kernels"), [("hrsampp_tiny", 4), ("hrsam_tiny", 0)])

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
+from torch import Tensor
 
 T = TypeVar("T")
 
@@ -85,3 +86,18 @@ def register_engine_op(register: Callable[[], T]) -> T | None:
         return register()
     except ImportError:  # Triton is optional
         return None
+
+
+def half_kernel_unsupported(x: Tensor, op: object | None) -> str | None:
+    """Why an engine kernel that runs CUDA tensors in 16-bit only cannot take ``x`` (None when it can).
+
+    ``op`` is the kernel's registered ``triton_op`` (None without CUDA or Triton at import, see
+    ``register_engine_op``). Attribute reads only, safe in traces.
+    """
+    if not x.is_cuda:
+        return f"the kernel runs on CUDA tensors, got {x.device.type}"
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return f"the engines run it in 16-bit only, got {x.dtype}"
+    if op is None:
+        return "needs Triton, and CUDA when hrsam was imported"
+    return None

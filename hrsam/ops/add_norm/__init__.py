@@ -26,12 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from hrsam.ops.add_norm.reference import add_layer_norm_reference
-from hrsam.ops.lowering import engine_kernels_active, register_engine_op
+from hrsam.ops.lowering import engine_kernels_active, half_kernel_unsupported, register_engine_op
 
 __all__ = ["add_layer_norm", "add_layer_norm_reference", "kernel_unsupported", "triton_add_layer_norm_op"]
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
 
 @functools.cache
 def triton_add_layer_norm_op() -> torch._library.custom_ops.CustomOpDef:
@@ -57,13 +54,7 @@ _OP = register_engine_op(triton_add_layer_norm_op)
 
 def kernel_unsupported(x: Tensor) -> str | None:
     """Why the kernel cannot take ``x`` (None when it can): attribute reads only, safe in traces."""
-    if not x.is_cuda:
-        return f"the kernel runs on CUDA tensors, got {x.device.type}"
-    if x.dtype not in HALF_DTYPES:
-        return f"the engines run it in 16-bit only, got {x.dtype}"
-    if _OP is None:
-        return "needs Triton, and CUDA when hrsam was imported"
-    return None
+    return half_kernel_unsupported(x, _OP)
 
 
 def _check(x: Tensor, delta: Tensor, index: Tensor | None, norm: nn.LayerNorm) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from hrsam.ops.fusion_norm.reference import AxisTaps, fusion_layer_norm_reference, upsample_rows
-from hrsam.ops.lowering import engine_kernels_active, register_engine_op
+from hrsam.ops.lowering import engine_kernels_active, half_kernel_unsupported, register_engine_op
 
 __all__ = [
     "AxisTaps",
@@ -33,9 +33,6 @@ __all__ = [
     "triton_fusion_layer_norm_op",
     "upsample_rows",
 ]
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
 
 @functools.cache
 def triton_fusion_layer_norm_op() -> torch._library.custom_ops.CustomOpDef:
@@ -61,13 +58,7 @@ _OP = register_engine_op(triton_fusion_layer_norm_op)
 
 def kernel_unsupported(x: Tensor) -> str | None:
     """Why the kernel cannot take ``x`` (None when it can): attribute reads only, safe in traces."""
-    if not x.is_cuda:
-        return f"the kernel runs on CUDA tensors, got {x.device.type}"
-    if x.dtype not in HALF_DTYPES:
-        return f"the engines run it in 16-bit only, got {x.dtype}"
-    if _OP is None:
-        return "needs Triton, and CUDA when hrsam was imported"
-    return None
+    return half_kernel_unsupported(x, _OP)
 
 
 def _check(x: Tensor, main: tuple[int, int], rows: AxisTaps, cols: AxisTaps, anchor: tuple[int, int],

@@ -10,29 +10,16 @@ and stores them side by side. Each main row is read once and each output row wri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from hrsam.ops.add_norm.triton_kernel import AddNormConfig
 
-@dataclass(frozen=True)
-class FusionNormConfig:
-    """Launch shape: ``block_rows`` output rows per program, ``num_warps`` warps (powers of two)."""
-
-    block_rows: int = 4
-    num_warps: int = 4
-
-    def check(self) -> None:
-        """Refuse launch shapes Triton cannot tile."""
-        for name in ("block_rows", "num_warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"FusionNormConfig.{name} must be a power of two, got {value}")
-
-
+# The add + norm kernel's launch shape (rows per program, warps): the same one-row-per-lane-group layout.
+FusionNormConfig = AddNormConfig
 DEFAULT_CONFIG = FusionNormConfig()
 
 
