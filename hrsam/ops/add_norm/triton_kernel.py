@@ -43,6 +43,15 @@ DEFAULT_CONFIG = AddNormConfig()
 
 
 @triton.jit
+def normalise_rows(values, in_row, w, b, eps, WIDTH: tl.constexpr):
+    """LayerNorm of float32 rows [BLOCK, BLOCK_WIDTH] whose columns past WIDTH are masked out (``in_row``)."""
+    mean = tl.sum(values, axis=1) / WIDTH
+    centred = tl.where(in_row[None, :], values - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / WIDTH + eps)
+    return centred * rstd[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
 def add_layer_norm_kernel(
     x,
     delta,
@@ -74,13 +83,9 @@ def add_layer_norm_kernel(
     update = tl.load(delta + source[:, None] * delta_stride + columns[None, :], mask=mask, other=0.0)
     summed = (residual.to(tl.float32) + update.to(tl.float32)).to(residual.dtype)
     tl.store(total + r64[:, None] * WIDTH + columns[None, :], summed, mask=mask)
-    values = summed.to(tl.float32)
-    mean = tl.sum(values, axis=1) / WIDTH
-    centred = tl.where(in_row[None, :], values - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / WIDTH + eps)
     w = tl.load(weight + columns, mask=in_row, other=0.0).to(tl.float32)
     b = tl.load(bias + columns, mask=in_row, other=0.0).to(tl.float32)
-    out = centred * rstd[:, None] * w[None, :] + b[None, :]
+    out = normalise_rows(summed.to(tl.float32), in_row, w, b, eps, WIDTH)
     tl.store(normed + r64[:, None] * WIDTH + columns[None, :], out.to(normed.dtype.element_ty), mask=mask)
 
 

@@ -22,7 +22,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from hrsam.ops.fusion_norm.reference import AxisTaps, fusion_layer_norm_reference, upsample_rows
+from hrsam.ops.fusion_norm.reference import AxisTaps, fusion_layer_norm_reference, scale_grids, upsample_rows
 from hrsam.ops.lowering import engine_kernels_active, half_kernel_unsupported, register_engine_op
 
 __all__ = [
@@ -99,6 +99,5 @@ def fusion_layer_norm(
     if engine_kernels_active() and kernel_unsupported(x) is None:
         out = _OP(x, *rows, *cols, norm.weight, norm.bias, norm.eps, anchor[1])
         return out.view(batch, h, w, 2 * channels)
-    main_grid = x[:, : h * w].unflatten(1, (h, w))
-    anchor_grid = upsample_rows(x[:, h * w :].unflatten(1, anchor), rows, cols)
+    main_grid, anchor_grid = scale_grids(x, main, rows, cols, anchor)
     return torch.cat([norm(main_grid), norm(anchor_grid)], dim=-1)

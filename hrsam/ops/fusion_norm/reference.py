@@ -25,6 +25,14 @@ def upsample_rows(grid: Tensor, rows: AxisTaps, cols: AxisTaps) -> Tensor:
     return (left + (right - left) * ww[:, None]).to(grid.dtype)
 
 
+def scale_grids(
+    x: Tensor, main: tuple[int, int], rows: AxisTaps, cols: AxisTaps, anchor: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """(main grid [B, h, w, C], anchor grid upsampled to it [B, h, w, C]) from x [B, h * w + ha * wa, C]."""
+    h, w = main
+    return x[:, : h * w].unflatten(1, main), upsample_rows(x[:, h * w :].unflatten(1, anchor), rows, cols)
+
+
 def fusion_layer_norm_reference(
     x: Tensor, main: tuple[int, int], rows: AxisTaps, cols: AxisTaps, anchor: tuple[int, int],
     weight: Tensor, bias: Tensor, eps: float,
@@ -32,9 +40,8 @@ def fusion_layer_norm_reference(
     """[B, h, w, 2C] in x's dtype: LayerNorm (float32) of the main tokens next to that of the anchor
     tokens upsampled to the main grid. x [B, h * w + ha * wa, C] holds each image's main then anchor
     tokens in raster order; ``rows`` / ``cols`` resize ha x wa to h x w."""
-    (h, w), channels = main, x.shape[-1]
-    main_grid = x[:, : h * w].unflatten(1, (h, w))
-    anchor_grid = upsample_rows(x[:, h * w :].unflatten(1, anchor), rows, cols)
+    channels = x.shape[-1]
+    main_grid, anchor_grid = scale_grids(x, main, rows, cols, anchor)
 
     def norm(t: Tensor) -> Tensor:
         return F.layer_norm(t.float(), (channels,), weight.float(), bias.float(), eps)

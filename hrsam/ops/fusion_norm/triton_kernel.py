@@ -16,20 +16,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hrsam.ops.add_norm.triton_kernel import AddNormConfig
+from hrsam.ops.add_norm.triton_kernel import AddNormConfig, normalise_rows
 
 # The add + norm kernel's launch shape (rows per program, warps): the same one-row-per-lane-group layout.
 FusionNormConfig = AddNormConfig
 DEFAULT_CONFIG = FusionNormConfig()
-
-
-@triton.jit
-def _normalise(values, in_row, w, b, eps, WIDTH: tl.constexpr):
-    """LayerNorm of float32 rows [BLOCK, BLOCK_WIDTH] whose columns past WIDTH are masked out."""
-    mean = tl.sum(values, axis=1) / WIDTH
-    centred = tl.where(in_row[None, :], values - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / WIDTH + eps)
-    return centred * rstd[:, None] * w[None, :] + b[None, :]
 
 
 @triton.jit
@@ -65,7 +56,7 @@ def fusion_layer_norm_kernel(
     first = image * length  # this image's first token row in x
     main = tl.load(x + (first + r.to(tl.int64))[:, None] * WIDTH + columns[None, :], mask=mask, other=0.0)
     target = out + (image * rows + r.to(tl.int64))[:, None] * (2 * WIDTH) + columns[None, :]
-    tl.store(target, _normalise(main.to(tl.float32), in_row, w, b, eps, WIDTH).to(main.dtype), mask=mask)
+    tl.store(target, normalise_rows(main.to(tl.float32), in_row, w, b, eps, WIDTH).to(main.dtype), mask=mask)
 
     anchor = first + rows  # the anchor grid follows the main grid
     top = anchor + tl.load(h0 + i, mask=live, other=0).to(tl.int64) * anchor_width
@@ -82,7 +73,7 @@ def fusion_layer_norm_kernel(
     blend_left = top_left + (bottom_left - top_left) * fy
     blend_right = top_right + (bottom_right - top_right) * fy
     upsampled = (blend_left + (blend_right - blend_left) * fx).to(main.dtype).to(tl.float32)
-    tl.store(target + WIDTH, _normalise(upsampled, in_row, w, b, eps, WIDTH).to(main.dtype), mask=mask)
+    tl.store(target + WIDTH, normalise_rows(upsampled, in_row, w, b, eps, WIDTH).to(main.dtype), mask=mask)
 
 
 def fusion_layer_norm_triton(
